@@ -1,0 +1,55 @@
+# Build Studio operator — developer entry points. Every target installs what it needs first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OPENCODE_VERSION := $(shell sed -n 's/^OPENCODE_VERSION = "\(.*\)"/\1/p' operator/buildstudio/pins.py)
+OPENCODE := .tools/opencode/node_modules/.bin/opencode
+export OPENCODE_BIN := $(abspath $(OPENCODE))
+export PATH := $(abspath .tools/bin):$(abspath $(BIN)):$(PATH)
+
+.PHONY: setup demo test lint crds e2e bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(OPENCODE): operator/buildstudio/pins.py
+	mkdir -p .tools/opencode
+	cd .tools/opencode && npm install --no-audit --no-fund --loglevel=error opencode-ai@$(OPENCODE_VERSION)
+	test -x $(OPENCODE) && $(OPENCODE) --version
+	touch $@
+
+.tools/bin/kubectl:
+	if [ -f .ci/install-kube-tools.sh ]; then bash .ci/install-kube-tools.sh; else mkdir -p .tools/bin; fi
+
+setup: $(BIN)/.installed $(OPENCODE) .tools/bin/kubectl
+
+## The embedded default: real opencode, real tools, real diff; the model's replies are a recorded replay.
+demo: $(BIN)/.installed $(OPENCODE)
+	$(BIN)/buildstudio run --local --model-server replay:examples/replays/quickstart.json
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/mypy operator/buildstudio
+	$(BIN)/buildstudio crds --check
+
+crds: $(BIN)/.installed
+	$(BIN)/buildstudio crds
+
+## End to end on a real cluster with kind (needs Docker); skipped with a reason elsewhere.
+e2e: setup
+	@if ! command -v kind >/dev/null || ! docker info >/dev/null 2>&1; then \
+	  echo "e2e skipped: needs kind and a running Docker engine (none here)"; exit 0; fi; \
+	bash hack/e2e-kind.sh
+
+bench: setup
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""`buildstudio` console script: one small entry point, subcommands in their own modules."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from buildstudio import __version__
+
+# Modules that add their own subcommands through `register(subparsers)`.
+SUBCOMMAND_MODULES = (
+    "buildstudio.localrun",  # run --local
+    "buildstudio.preflight.cli",  # preflight
+    "buildstudio.clusterctl",  # submit, watch, diff, cancel
+)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from buildstudio.api import crdgen
+
+    dirs = [Path(d) for d in args.dir] if args.dir else [REPO_ROOT / "crds", REPO_ROOT / "charts/build-studio/crds"]
+    if args.check:
+        stale = [
+            str(d / name)
+            for d in dirs
+            for name, crd in crdgen.all_crds().items()
+            if not (d / name).exists() or (d / name).read_text(encoding="utf-8") != crdgen.render(crd)
+        ]
+        if stale:
+            print("CRDs drifted from the models; run `buildstudio crds`:\n  " + "\n  ".join(stale), file=sys.stderr)
+            return 1
+        print("CRDs match the models.")
+        return 0
+    if args.stdout:
+        sys.stdout.write("---\n".join(crdgen.render(c) for c in crdgen.all_crds().values()))
+        return 0
+    for path in crdgen.write(dirs):
+        print(f"wrote {path}")
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
+
+
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from buildstudio import registry
+
+    try:
+        entries = registry.load(Path(args.file) if args.file else None)
+    except registry.RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output in ("yaml", "json"):
+        objs: list[dict[str, Any]] = [registry.as_object(e) for e in entries]
+        print(yaml.safe_dump_all(objs, sort_keys=False) if args.output == "yaml" else json.dumps(objs, indent=2))
+        return 0
+    rows = []
+    for e in entries:
+        s = e.spec
+        rows.append([
+            e.name, s.endpoint, s.version, ",".join(s.capabilities) or "-", "yes" if s.bake_in_default else "no",
+            ",".join(r.type for r in s.recipes) or "-",
+            s.credential.secret_ref.name if s.credential else "-",
+            ",".join(f"{m.id}({m.tier})" for m in s.models) or "-",
+        ])
+    print(_table(rows, ["NAME", "ENDPOINT", "VERSION", "CAPABILITIES", "BAKE-IN", "RECIPES", "CREDENTIAL", "MODELS"]))
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from buildstudio.api import crdgen
+
+    crds = {c["spec"]["names"]["singular"]: c for c in crdgen.all_crds().values()}
+    crds.update({c["spec"]["names"]["shortNames"][0]: c for c in crdgen.all_crds().values()})
+    head, *path = args.field.lower().split(".")
+    crd = crds.get(head)
+    if crd is None:
+        print(f"error: unknown kind {head!r} (builddispatch, buildengine)", file=sys.stderr)
+        return 1
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for part in path:
+        props = {k.lower(): (k, v) for k, v in (node.get("items", node)).get("properties", {}).items()}
+        if part not in props:
+            print(f"error: field {part!r} does not exist", file=sys.stderr)
+            return 1
+        node = props[part][1]
+    version = f"{crd['spec']['group']}/{crd['spec']['versions'][0]['name']}"
+    print(f"KIND:     {crd['spec']['names']['kind']}\nVERSION:  {version}")
+    print(f"\nFIELD:    {args.field} <{node.get('type', 'object')}>\n\nDESCRIPTION:\n    {node.get('description', '')}")
+    fields = node.get("items", node).get("properties", {})
+    if fields:
+        print("\nFIELDS:")
+        required = set(node.get("items", node).get("required", []))
+        for name, sub in fields.items():
+            print(f"  {name}\t<{sub.get('type', 'object')}>" + ("  -required-" if name in required else ""))
+            print(f"    {sub.get('description', '')}\n")
+    return 0
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    importlib.import_module("buildstudio.handlers")
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=args.standalone,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="buildstudio", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"buildstudio {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("crds", help="generate the CRDs from the API models")
+    p.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    p.add_argument("--stdout", action="store_true", help="print instead of writing")
+    p.add_argument("--dir", action="append", help="output directory (repeatable; default crds/ and the chart's)")
+    p.set_defaults(func=_cmd_crds)
+
+    p = sub.add_parser("engines", help="validate and print the engine registry")
+    p.add_argument("-f", "--file", help="registry file (default engines/build-engines.yaml)")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.set_defaults(func=_cmd_engines)
+
+    p = sub.add_parser("explain", help="describe a CRD field, like `kubectl explain`")
+    p.add_argument("field", help="e.g. builddispatch.spec.timeouts")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("operator", help="run the kopf operator")
+    p.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
+    p.add_argument("--standalone", action="store_true", help="no peering (single replica)")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_operator)
+
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Versions that matter, pinned in one place.
+
+`.ci/run`, the Dockerfiles (through build args), the engine registry and the contract
+guard test all read these; bump them together and re-measure the opencode contract.
+"""
+
+from __future__ import annotations
+
+OPENCODE_VERSION = "1.18.33"
+OPENCODE_NPM_PACKAGE = f"opencode-ai@{OPENCODE_VERSION}"
+# "baseline" avoids AVX2. The original platform pinned the musl variant for Alpine, but
+# opencode-linux-x64-baseline-musl@1.18.33 is not on the npm registry (the last musl build
+# published is 1.18.32), so the sandbox image is Debian-based and uses the glibc build.
+OPENCODE_LINUX_BUILD = "linux-x64-baseline"
+OPENCODE_LINUX_TARBALL_SHA256 = "76f56feba203ed24ff855129de316959847b7af0a7095011d2d5145f6988c940"
+KOPF_VERSION = "1.45.2"
+KUBERNETES_CLIENT_VERSION = "37.0.2"
+
+API_GROUP = "buildstudio.dpf.dev"
+API_VERSION = "v1alpha1"

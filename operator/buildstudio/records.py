@@ -1,0 +1,165 @@
+"""The runner's result channel: one JSON object per line on stdout (the pod log).
+
+Shared by the sandbox runner (writer) and the operator / `run --local` (readers).
+Every record carries `kind` and `v` (schema version). Readers skip lines that are
+not records (a malformed or foreign line is counted, never fatal).
+
+Kinds:
+- ``progress``: periodic counters while the run goes on.
+- ``event``: one compact line per notable opencode event (step, tool call, error).
+- ``result``: exactly one, last; the dispatch record plus the diff.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class Outcome(enum.StrEnum):
+    """How a run ended; becomes the `Succeeded` condition's reason."""
+
+    COMPLETED = "Completed"  # final answer, diff non-empty
+    NO_CHANGES = "NoChanges"  # final answer, empty diff (still success)
+    ENGINE_FAILED = "EngineFailed"  # opencode died/was misconfigured (start-up error, UnknownError)
+    MODEL_ERROR = "ModelError"  # error event from the model service (APIError, 4xx/5xx, unreachable)
+    CONTEXT_OVERFLOW = "ContextOverflow"  # ContextOverflowError
+    TIMED_OUT = "TimedOut"  # overall run timeout
+    IDLE_TIMEOUT = "IdleTimeout"  # no event for too long
+    STEP_BUDGET_EXCEEDED = "StepBudgetExceeded"
+    LOOP_DETECTED = "LoopDetected"  # compaction / cut-stream loop
+    TRUNCATED = "OutputTruncated"  # finish reason "length"
+    CANCELLED = "Cancelled"
+    WORKSPACE_ERROR = "WorkspaceError"  # clone failed / not a git repo
+    RUNNER_ERROR = "RunnerError"  # bug or unexpected failure in the runner itself
+
+    @property
+    def succeeded(self) -> bool:
+        return self in (Outcome.COMPLETED, Outcome.NO_CHANGES)
+
+
+class TokenUsage(_Record):
+    input: int = 0
+    output: int = 0
+    reasoning: int = 0
+    cache_read: int = Field(0, alias="cacheRead")
+    cache_write: int = Field(0, alias="cacheWrite")
+    total: int = 0
+
+
+class DiffStat(_Record):
+    files: int = 0
+    additions: int = 0
+    deletions: int = 0
+    binary_files: int = Field(0, alias="binaryFiles")
+
+
+class ToolCall(_Record):
+    name: str
+    status: str  # completed | error
+    duration_ms: int = Field(0, alias="durationMs")
+    title: str = ""
+    error: str = ""
+
+
+class RunSummary(_Record):
+    """Counters folded from opencode's event stream (bounded whatever the stream length)."""
+
+    steps: int = 0
+    step_retries: int = Field(0, alias="stepRetries")
+    tool_calls: int = Field(0, alias="toolCalls")
+    tool_errors: int = Field(0, alias="toolErrors")
+    invalid_tool_calls: int = Field(0, alias="invalidToolCalls")
+    tools_by_name: dict[str, int] = Field(default_factory=dict, alias="toolsByName")
+    files_touched: list[str] = Field(default_factory=list, alias="filesTouched")
+    tokens: TokenUsage = Field(default_factory=TokenUsage)
+    cost: float = 0.0
+    events: int = 0
+    malformed_lines: int = Field(0, alias="malformedLines")
+    unknown_types: dict[str, int] = Field(default_factory=dict, alias="unknownTypes")
+    errors: list[str] = Field(default_factory=list)
+    final_text: str = Field("", alias="finalText")
+    finish_reason: str = Field("", alias="finishReason")
+    repaired_tool_calls: int = Field(0, alias="repairedToolCalls")
+    unrepaired_tool_calls: int = Field(0, alias="unrepairedToolCalls")
+
+
+class Patch(_Record):
+    """The whole patch, for the operator's owned ConfigMap."""
+
+    encoding: Literal["gzip+base64"] = "gzip+base64"
+    data: str = ""
+    bytes: int = 0  # uncompressed size of the full `git diff`
+    truncated: bool = False  # true when even the compressed patch exceeded the cap
+    sha256: str = ""  # of the uncompressed patch that was kept
+
+
+class ProgressRecord(_Record):
+    kind: Literal["progress"] = "progress"
+    v: int = SCHEMA_VERSION
+    stage: str  # preparing | cloning | running | diffing
+    elapsed_seconds: float = Field(0.0, alias="elapsedSeconds")
+    steps: int = 0
+    tool_calls: int = Field(0, alias="toolCalls")
+    tokens: int = 0
+    last_tool: str = Field("", alias="lastTool")
+    message: str = ""
+
+
+class EventRecord(_Record):
+    kind: Literal["event"] = "event"
+    v: int = SCHEMA_VERSION
+    type: str  # step | tool | text | error | watchdog | repair
+    message: str  # single line, bounded
+    ts: float = 0.0
+
+
+class ResultRecord(_Record):
+    kind: Literal["result"] = "result"
+    v: int = SCHEMA_VERSION
+    outcome: Outcome
+    message: str
+    exit_code: int | None = Field(None, alias="exitCode")
+    summary: RunSummary = Field(default_factory=RunSummary)
+    diff_stat: DiffStat = Field(default_factory=DiffStat, alias="diffStat")
+    diff: str = ""  # bounded excerpt for status
+    diff_bytes: int = Field(0, alias="diffBytes")
+    diff_truncated: bool = Field(False, alias="diffTruncated")
+    patch: Patch = Field(default_factory=Patch)
+    base_commit: str = Field("", alias="baseCommit")
+    started_at: str = Field("", alias="startedAt")
+    finished_at: str = Field("", alias="finishedAt")
+    duration_seconds: float = Field(0.0, alias="durationSeconds")
+    replay: bool = False  # true when the model's words were canned (replay model server)
+
+
+Record = Annotated[ProgressRecord | EventRecord | ResultRecord, Field(discriminator="kind")]
+_RECORD = TypeAdapter(Record)
+
+
+def dump(record: ProgressRecord | EventRecord | ResultRecord) -> str:
+    """One line of the protocol (no trailing newline)."""
+    return record.model_dump_json(by_alias=True)
+
+
+def parse_line(line: str | bytes) -> ProgressRecord | EventRecord | ResultRecord | None:
+    """Parse one protocol line; None for anything that is not a record of ours."""
+    try:
+        raw = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or raw.get("kind") not in ("progress", "event", "result"):
+        return None
+    try:
+        return _RECORD.validate_python(raw)
+    except ValidationError:
+        return None
