@@ -35,7 +35,7 @@ test: setup
 	$(BIN)/pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests $(wildcard bench hack)
 	$(BIN)/mypy operator/buildstudio
 	$(BIN)/buildstudio crds --check
 
