@@ -1,0 +1,127 @@
+"""Judge how a run ended, from the folded event stream, the exit code and the diff.
+
+Pure: plain data in, `(Outcome, one-line message)` out. Success is read from the stream,
+never from the exit code alone: opencode exits 0 after a text-format tool call that did
+nothing, or after the model gave up.
+"""
+
+from __future__ import annotations
+
+from buildstudio.events import error_name
+from buildstudio.records import DiffStat, Outcome, RunSummary
+
+# Watchdog stop reasons (set by the runner when it killed opencode) → outcome.
+WATCHDOG_OUTCOMES: dict[str, Outcome] = {
+    "timeout": Outcome.TIMED_OUT,
+    "idle": Outcome.IDLE_TIMEOUT,
+    "steps": Outcome.STEP_BUDGET_EXCEEDED,
+    "loop": Outcome.LOOP_DETECTED,
+}
+# opencode kept running after its final stop and was ended by the runner: not a failure.
+EXIT_TIMER = "exit-timer"
+# Markup of a qwen3-coder style tool call that reached opencode as plain text (not executed).
+TEXT_TOOL_CALL_MARKERS = ("<tool_call>", "<function=")
+ERROR_OUTCOMES: dict[str, Outcome] = {
+    "APIError": Outcome.MODEL_ERROR,
+    "ContextOverflowError": Outcome.CONTEXT_OVERFLOW,
+    "UnknownError": Outcome.ENGINE_FAILED,
+}
+
+
+def _stats(s: RunSummary) -> str:
+    return f"{s.steps} steps, {s.tool_calls} tool calls, {s.tokens.total} tokens"
+
+
+def _diff(d: DiffStat) -> str:
+    text = f"{d.files} files changed (+{d.additions} -{d.deletions}"
+    return text + (f", {d.binary_files} binary)" if d.binary_files else ")")
+
+
+def _exit(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "no exit code"
+    if exit_code in (124, 137, 143) or exit_code < 0:
+        return f"exit {exit_code} (killed)"
+    return f"exit {exit_code}"
+
+
+def looks_like_text_tool_call(text: str) -> bool:
+    return any(marker in text for marker in TEXT_TOOL_CALL_MARKERS)
+
+
+def _loop_kind(s: RunSummary) -> str:
+    if any(error_name(e) == "ContextOverflowError" for e in s.errors):
+        return "context-overflow/compaction loop"
+    if s.finish_reason == "unknown":
+        return "cut-stream loop (steps ending with reason 'unknown')"
+    return "loop"
+
+
+def _judge_terminal(s: RunSummary, diff: DiffStat, note: str) -> tuple[Outcome, str]:
+    if s.finish_reason == "length":
+        return (
+            Outcome.TRUNCATED,
+            f"model output hit its token limit (finish reason 'length') after {_stats(s)}; {_diff(diff)}{note}",
+        )
+    if diff.files > 0:
+        return Outcome.COMPLETED, f"{_diff(diff)} in {_stats(s)}{note}"
+    msg = f"finished with no changes to the repository after {_stats(s)}"
+    if looks_like_text_tool_call(s.final_text):
+        msg += "; the final text looks like a text-format tool call that was never executed"
+    if s.tool_errors or s.invalid_tool_calls:
+        msg += f"; {s.tool_errors} tool errors, {s.invalid_tool_calls} invalid tool calls"
+    return Outcome.NO_CHANGES, msg + note
+
+
+def judge(
+    summary: RunSummary,
+    *,
+    exit_code: int | None,
+    stop_reason: str | None,
+    diff_stat: DiffStat,
+    cancelled: bool = False,
+) -> tuple[Outcome, str]:
+    """Decide the outcome of a run and a single-line message with numbers.
+
+    `stop_reason` is the watchdog's reason when the runner killed opencode
+    ("timeout", "idle", "steps", "loop", "exit-timer"), else None.
+    `summary.finishReason` is non-empty only when nothing followed the last step_finish
+    (see StreamFolder.summary), so stop/length there means a genuine final answer.
+    """
+    s = summary
+    if cancelled:
+        return Outcome.CANCELLED, f"cancelled after {_stats(s)}"
+    if s.finish_reason in ("stop", "length"):
+        # The answer was final; a watchdog stop after it only ended a lingering process.
+        note = f" (opencode did not exit by itself; stopped by the runner: {stop_reason})" if stop_reason else ""
+        return _judge_terminal(s, diff_stat, note)
+    last_error = f"; last error: {s.errors[-1]}" if s.errors else ""
+    if stop_reason and stop_reason != EXIT_TIMER:
+        outcome = WATCHDOG_OUTCOMES.get(stop_reason)
+        if outcome is None:
+            return Outcome.RUNNER_ERROR, f"stopped for an unknown reason {stop_reason!r} after {_stats(s)}"
+        what = {
+            Outcome.TIMED_OUT: "run timed out",
+            Outcome.IDLE_TIMEOUT: "no event from opencode for too long",
+            Outcome.STEP_BUDGET_EXCEEDED: "step budget exceeded",
+            Outcome.LOOP_DETECTED: _loop_kind(s) + " detected",
+        }[outcome]
+        return outcome, f"{what}; stopped after {_stats(s)}{last_error}"
+    if s.errors:
+        name = error_name(s.errors[-1])
+        outcome = ERROR_OUTCOMES.get(name, Outcome.ENGINE_FAILED)
+        label = {
+            Outcome.MODEL_ERROR: "model service error",
+            Outcome.CONTEXT_OVERFLOW: "context window exceeded",
+        }.get(outcome, "opencode failed")
+        return outcome, f"{label}: {s.errors[-1]} ({_exit(exit_code)}, after {_stats(s)})"
+    if s.events == 0:
+        return (
+            Outcome.ENGINE_FAILED,
+            f"opencode printed no event ({_exit(exit_code)}); start-up failure, see its stderr",
+        )
+    last = f"last step finished with {s.finish_reason!r}" if s.finish_reason else "the last step did not finish"
+    return (
+        Outcome.ENGINE_FAILED,
+        f"opencode ended without a final answer ({_exit(exit_code)}; {last}) after {_stats(s)}",
+    )
