@@ -91,6 +91,7 @@ class RunSummary(_Record):
     finish_reason: str = Field("", alias="finishReason")
     repaired_tool_calls: int = Field(0, alias="repairedToolCalls")
     unrepaired_tool_calls: int = Field(0, alias="unrepairedToolCalls")
+    repair_reasons: dict[str, int] = Field(default_factory=dict, alias="repairReasons")
 
 
 class Patch(_Record):

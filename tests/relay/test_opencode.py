@@ -1,0 +1,135 @@
+"""The real opencode binary, the scripted model and the relay (opencode-contract §6).
+
+A qwen3-coder text-format ``write`` call is only executed when the relay sits in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildstudio.opencode_config import build_config, model_ref, sandbox_env, write_config
+from buildstudio.relay import Relay
+from buildstudio.scripted_server import ScriptedServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FINAL = "I wrote textcall.py."
+
+pytestmark = pytest.mark.opencode
+
+
+def opencode_bin() -> str | None:
+    env = os.environ.get("OPENCODE_BIN")
+    if env:
+        return env if Path(env).exists() else None
+    local = REPO_ROOT / ".tools/opencode/node_modules/.bin/opencode"
+    return str(local) if local.exists() else shutil.which("opencode")
+
+
+def text_call(path: Path) -> str:
+    return (
+        "I'll create the file.\n<tool_call>\n<function=write>\n<parameter=filePath>\n"
+        f"{path}\n</parameter>\n<parameter=content>\nprint('from text')\n</parameter>\n</function>\n</tool_call>"
+    )
+
+
+def git_repo(root: Path) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True, timeout=30)
+    subprocess.run([*git, "add", "."], cwd=repo, check=True, timeout=30)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], cwd=repo, check=True, timeout=30)
+    return repo
+
+
+async def run_opencode(binary: str, base_url: str, tmp: Path, repo: Path) -> tuple[int, list[dict[str, Any]]]:
+    home = tmp / "home"
+    write_config(home, build_config(base_url=base_url, model="qwen3-coder", context=65536, output=8192))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **sandbox_env(home)}
+    proc = await asyncio.create_subprocess_exec(
+        binary, "run", "--dir", str(repo), "-m", model_ref("qwen3-coder"), "--format", "json",
+        "--dangerously-skip-permissions", "Create textcall.py",
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise
+    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert proc.returncode is not None
+    return proc.returncode, events
+
+
+@pytest.fixture
+def binary() -> str:
+    b = opencode_bin()
+    if b is None:
+        pytest.skip("opencode binary missing (set OPENCODE_BIN or install .tools/opencode)")
+    return b
+
+
+async def test_text_format_write_runs_through_the_relay(binary: str, tmp_path: Path) -> None:
+    repo = git_repo(tmp_path)
+    target = repo / "textcall.py"
+    async with ScriptedServer([{"text": text_call(target)}, {"text": FINAL}]) as srv, Relay(srv.base_url) as relay:
+        code, events = await run_opencode(binary, relay.base_url, tmp_path, repo)
+        counters = relay.counters
+    assert code == 0, events
+    assert target.read_text() == "print('from text')"
+    tools = [e["part"] for e in events if e["type"] == "tool_use"]
+    assert [(t["tool"], t["state"]["status"]) for t in tools] == [("write", "completed")]
+    assert tools[0]["state"]["input"] == {"filePath": str(target), "content": "print('from text')"}
+    finishes = [e["part"]["reason"] for e in events if e["type"] == "step_finish"]
+    assert finishes == ["tool-calls", "stop"]
+    assert [e["part"]["text"] for e in events if e["type"] == "text"][-1] == FINAL
+    assert counters.repaired == 1 and counters.left_as_text == 0
+
+
+async def test_bare_calls_with_preamble_and_two_calls_in_one_reply(binary: str, tmp_path: Path) -> None:
+    """ollama #16686/#18530 shape: prose, no <tool_call> opener, orphan closer; two calls, one integer arg."""
+    repo = git_repo(tmp_path)
+    reply = (
+        "I'll add the file and then look at calc.py.\n\n<function=write>\n<parameter=filePath>\n"
+        f"{repo / 'b.py'}\n</parameter>\n<parameter=content>\nif 1 < 2 > 0:\n    print('</b>')\n</parameter>\n"
+        "</function>\n</tool_call>\n<function=read>\n<parameter=filePath>\ncalc.py\n</parameter>\n"
+        "<parameter=limit>\n5\n</parameter>\n</function>\n</tool_call>"
+    )
+    async with ScriptedServer([{"text": reply}, {"text": FINAL}]) as srv, Relay(srv.base_url) as relay:
+        code, events = await run_opencode(binary, relay.base_url, tmp_path, repo)
+        agent = srv.chat_requests(with_tools=True)
+    assert code == 0, events
+    assert (repo / "b.py").read_text() == "if 1 < 2 > 0:\n    print('</b>')"
+    tools = [e["part"] for e in events if e["type"] == "tool_use"]
+    assert [(t["tool"], t["state"]["status"]) for t in tools] == [("write", "completed"), ("read", "completed")]
+    assert tools[1]["state"]["input"] == {"filePath": "calc.py", "limit": 5}
+    assert relay.counters.repaired == 2
+    # opencode sent the repaired calls back as API tool_calls with their results
+    assistant = [m for m in agent[1]["messages"] if m.get("role") == "assistant"]
+    assert [c["function"]["name"] for c in assistant[-1]["tool_calls"]] == ["write", "read"]
+
+
+async def test_same_reply_without_the_relay_writes_nothing(binary: str, tmp_path: Path) -> None:
+    repo = git_repo(tmp_path)
+    target = repo / "textcall.py"
+    async with ScriptedServer([{"text": text_call(target)}, {"text": FINAL}]) as srv:
+        code, events = await run_opencode(binary, srv.base_url, tmp_path, repo)
+    assert code == 0
+    assert not target.exists()
+    assert not [e for e in events if e["type"] == "tool_use"]
+    texts = [e["part"]["text"] for e in events if e["type"] == "text"]
+    assert len(texts) == 1 and "<tool_call>" in texts[0]
+    assert [e["part"]["reason"] for e in events if e["type"] == "step_finish"] == ["stop"]
