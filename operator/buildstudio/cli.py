@@ -27,6 +27,8 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     from buildstudio.api import crdgen
 
     dirs = [Path(d) for d in args.dir] if args.dir else [REPO_ROOT / "crds", REPO_ROOT / "charts/build-studio/crds"]
+    registry_copy = REPO_ROOT / "charts/build-studio/files/build-engines.yaml"
+    registry_text = (REPO_ROOT / "engines/build-engines.yaml").read_text(encoding="utf-8")
     if args.check:
         stale = [
             str(d / name)
@@ -34,6 +36,8 @@ def _cmd_crds(args: argparse.Namespace) -> int:
             for name, crd in crdgen.all_crds().items()
             if not (d / name).exists() or (d / name).read_text(encoding="utf-8") != crdgen.render(crd)
         ]
+        if not args.dir and registry_copy.read_text(encoding="utf-8") != registry_text:
+            stale.append(str(registry_copy))
         if stale:
             print("CRDs drifted from the models; run `buildstudio crds`:\n  " + "\n  ".join(stale), file=sys.stderr)
             return 1
@@ -42,7 +46,11 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     if args.stdout:
         sys.stdout.write("---\n".join(crdgen.render(c) for c in crdgen.all_crds().values()))
         return 0
-    for path in crdgen.write(dirs):
+    written = crdgen.write(dirs)
+    if not args.dir:
+        registry_copy.write_text(registry_text, encoding="utf-8")
+        written.append(registry_copy)
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -116,7 +124,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
-        standalone=args.standalone,
+        standalone=args.standalone or None,
+        peering_name=args.peering,
+        priority=args.priority,
         liveness_endpoint=args.liveness,
     )
     return 0
@@ -145,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the kopf operator")
     p.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
     p.add_argument("--standalone", action="store_true", help="no peering (single replica)")
+    p.add_argument("--peering", help="kopf peering object name (several replicas, one active)")
+    p.add_argument("--priority", type=int, default=0, help="kopf peering priority of this replica")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_operator)
