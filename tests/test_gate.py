@@ -80,7 +80,17 @@ def test_ship_needs_approval_and_source() -> None:
     assert decide(ALL_PRESENT, spec, source_succeeded=True).reason == "ApprovalRequired"
     assert decide(ALL_PRESENT, spec, source_succeeded=False).reason == "SourceNotReady"
     approved = dispatch(phase="ship", source={"dispatch": "a"}, approval={"approvedBy": "alice"})
-    assert decide(ALL_PRESENT, approved, source_succeeded=True).admit
+    d = decide(ALL_PRESENT, approved, source_succeeded=True)
+    assert d.admit and d.text_only
+
+
+def test_review_is_text_generation_on_the_local_model_service() -> None:
+    spec = dispatch(phase="review", source={"dispatch": "a"})
+    d = decide(NONE_PRESENT, spec, source_succeeded=True)  # no engine binary needed to review text
+    assert (d.admit, d.text_only, d.engine, d.model) == (True, True, "opencode", "qwen3-coder")
+    cloud = decide(ALL_PRESENT, dispatch(phase="review", source={"dispatch": "a"}, engine="claude"),
+                   source_succeeded=True)
+    assert (cloud.admit, cloud.reason) == (False, "NoLocalModelService")
 
 
 def test_engine_without_models_and_no_model_given() -> None:

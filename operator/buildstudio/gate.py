@@ -117,8 +117,12 @@ def decide(
     if spec.phase == "ship" and spec.approval is None:
         return refuse("ApprovalRequired", "ship never applies a diff without spec.approval")
 
-    if spec.phase in TEXT_PHASES:
-        # Ideate/plan are plain text generation on the local model service: no tool loop needed.
+    if spec.phase == "ship":
+        # Ship is a governed gate (a review of this exact diff + a human approval), decided by
+        # phases.ship against the source's stored patch: no model, no sandbox.
+        return admit("ship: governed gate over the source's reviewed, approved diff", text_only=True)
+    if spec.phase in TEXT_PHASES or spec.phase == "review":
+        # Ideate/plan/review are plain text generation on the local model service: no tool loop needed.
         if not engine.local or engine.spec.model_service is None:
             return refuse("NoLocalModelService",
                           f"{spec.phase} generates text with a local model; engine {engine.name} has no model service")
