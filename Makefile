@@ -29,7 +29,7 @@ setup: $(BIN)/.installed $(OPENCODE) .tools/bin/kubectl
 
 ## The embedded default: real opencode, real tools, real diff; the model's replies are a recorded replay.
 demo: $(BIN)/.installed $(OPENCODE)
-	$(BIN)/buildstudio run --local --model-server replay:examples/replays/quickstart.json
+	$(BIN)/buildstudio run --local --model-server replay:examples/replays/add-subtract.json
 
 test: setup
 	$(BIN)/pytest -q

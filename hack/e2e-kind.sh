@@ -22,7 +22,7 @@ kubectl label node "$CLUSTER-control-plane" nvidia.com/gpu.present=true --overwr
 
 kubectl apply --server-side -f crds/
 kubectl create namespace models --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n models create configmap replay --from-file=replay.json=examples/replays/quickstart.json \
+kubectl -n models create configmap replay --from-file=replay.json=examples/replays/add-subtract.json \
   --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n models apply -f - <<YAML
 apiVersion: v1

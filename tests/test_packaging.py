@@ -951,6 +951,8 @@ def _prepare_sandbox_fs() -> SandboxFs:
     for needed in (Path(opencode), REPO_ROOT / "operator", Path(sys.prefix)):
         if _untraversable_ancestor(needed.resolve()):
             pytest.skip(f"uid {SANDBOX_UID} cannot reach {needed}")
+        if needed.resolve().is_relative_to("/tmp"):
+            pytest.skip(f"{needed} lives under /tmp, which the emulated sandbox hides behind a fresh tmpfs")
     # /dev/shm, not tmp_path: the script hides /tmp behind a fresh tmpfs.
     root = Path(tempfile.mkdtemp(prefix="bs-sandbox-", dir="/dev/shm"))
     for sub in ("workspace", "home", "stage", "spec", "remote"):

@@ -1,0 +1,86 @@
+"""``python -m buildstudio.runner --spec FILE [--workspace DIR] [--home DIR]``: the sandbox entrypoint.
+
+stdout: the record protocol (``buildstudio.records``), one JSON object a line, the result last.
+Exit status: 0 when the run succeeded, 1 when it did not (the result record says why),
+2 when the spec could not be read (nothing else printed but one result record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from buildstudio import records
+from buildstudio.runner import procs
+from buildstudio.runner.output import RecordWriter
+from buildstudio.runner.spec import load_spec
+from buildstudio.runner.supervise import supervise, utcnow
+
+DEFAULT_WORKSPACE = "/workspace"
+
+
+def find_opencode(explicit: str | None) -> str:
+    """--opencode-bin, then $OPENCODE_BIN, then `opencode` on PATH."""
+    for candidate in (explicit, os.environ.get("OPENCODE_BIN")):
+        if candidate:
+            return candidate
+    return shutil.which("opencode") or "opencode"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m buildstudio.runner", description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--spec", required=True, type=Path, help="RunnerSpec JSON file")
+    ws_default = os.environ.get("BUILDSTUDIO_WORKSPACE", DEFAULT_WORKSPACE)
+    ap.add_argument("--workspace", type=Path, default=Path(ws_default))
+    ap.add_argument("--home", type=Path, default=Path(os.environ.get("HOME", "/tmp/buildstudio-home")))
+    ap.add_argument("--opencode-bin", help="opencode binary (default: $OPENCODE_BIN, then PATH)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    writer = RecordWriter(max_events=0, max_bytes=1 << 20, progress_interval=2.0)
+    try:
+        spec = load_spec(args.spec)
+    except (OSError, ValueError, ValidationError) as e:
+        writer.result(
+            records.ResultRecord(
+                outcome=records.Outcome.RUNNER_ERROR,
+                message=" ".join(f"cannot read the runner spec {args.spec}: {e}".split())[:2000],
+                started_at=utcnow(),
+                finished_at=utcnow(),
+            )
+        )
+        return 2
+    writer = RecordWriter(
+        max_events=spec.output.max_event_records,
+        max_bytes=spec.output.max_output_bytes,
+        progress_interval=spec.output.progress_interval_seconds,
+    )
+    # Orphaned tool processes (own sessions) re-parent to us, so stopping can find them all.
+    if not procs.set_child_subreaper():
+        print(
+            "warning: PR_SET_CHILD_SUBREAPER unavailable; detached tool processes may outlive the run",
+            file=sys.stderr,
+        )
+    args.home.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(
+        supervise(
+            spec,
+            ws=args.workspace.absolute(),
+            home=args.home.absolute(),
+            opencode_bin=find_opencode(args.opencode_bin),
+            writer=writer,
+        )
+    )
+    return 0 if result.outcome.succeeded else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""The IO shell of the runner: prepare the workspace, start opencode, watch it, stop it, report.
+
+Decisions live in pure modules (``watchdog.check``, ``verdict.judge``, ``opencode_config``);
+this module only does the waiting, the process handling and the printing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildstudio import events, gitdiff, opencode_config, records, verdict
+from buildstudio.runner import procs, watchdog, workspace
+from buildstudio.runner.output import RecordWriter, one_line
+from buildstudio.runner.spec import RunnerSpec
+
+READ_CHUNK = 64 * 1024
+TICK_SECONDS = 0.2
+DIFF_TIMEOUT_SECONDS = 60.0
+TERM_GRACE_SECONDS = 1.0  # SIGTERM → opencode exits in ≈ 0.07 s (contract §2)
+# Environment passed through from the runner's own (everything else is set explicitly).
+PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def opencode_argv(opencode_bin: str, ws: Path, model: str) -> list[str]:
+    """The command (pure). The prompt is NOT here: an argument with spaces reaches the model
+    wrapped in quotes and is capped at 128 KiB (contract §2); stdin from a file arrives verbatim,
+    so the positional prompt is empty and the prompt file is stdin."""
+    return [
+        opencode_bin,
+        "run",
+        "--dir",
+        str(ws),
+        "-m",
+        opencode_config.model_ref(model),
+        "--format",
+        "json",
+        "--dangerously-skip-permissions",
+        "",
+    ]
+
+
+def opencode_env(spec: RunnerSpec, home: Path, base: dict[str, str]) -> dict[str, str]:
+    """A minimal environment (pure): no credentials of the caller leak into the sandboxed agent."""
+    env = {k: base[k] for k in PASSTHROUGH_ENV if k in base}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(opencode_config.sandbox_env(home))
+    if spec.api_key_env and spec.api_key_env in base:
+        env[spec.api_key_env] = base[spec.api_key_env]
+    return env
+
+
+@dataclass
+class RunState:
+    started_mono: float
+    started_at: str
+    stage: str = "preparing"
+    last_event_at: float | None = None
+    last_tool: str = ""
+    stop: watchdog.Decision | None = None
+    cancelled: bool = False
+    stderr_tail: bytes = b""
+    opencode_started: float | None = None  # run and idle time count from here, not from the clone
+
+
+class Supervisor:
+    def __init__(
+        self,
+        spec: RunnerSpec,
+        *,
+        ws: Path,
+        home: Path,
+        opencode_bin: str,
+        writer: RecordWriter,
+        base_env: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.ws = ws
+        self.home = home
+        self.opencode_bin = opencode_bin
+        self.writer = writer
+        self.base_env = dict(os.environ) if base_env is None else base_env
+        self.clock = clock
+        self.folder = events.StreamFolder(str(ws))
+        self.final_stop_at: float | None = None  # when the terminal step_finish was seen
+        self.start_error = ""  # opencode could not be started at all
+        self.relay_counters: tuple[int, int] | None = None  # (repaired, left as text)
+        self.state = RunState(started_mono=clock(), started_at=utcnow())
+        self.cancel_requested = asyncio.Event()
+        self.limits = watchdog.Limits(
+            run_seconds=spec.timeouts.run_seconds,
+            idle_seconds=spec.timeouts.idle_seconds,
+            exit_after_final_seconds=spec.timeouts.exit_after_final_seconds,
+            step_budget=spec.limits.step_budget,
+            unknown_finishes=spec.limits.unknown_finishes,
+            compactions=spec.limits.compactions,
+        )
+
+    # ---- signals and progress -------------------------------------------------------------
+    def signals(self) -> watchdog.Signals:
+        f = self.folder
+        started = self.state.opencode_started
+        return watchdog.Signals(
+            started_at=self.state.started_mono if started is None else started,
+            last_event_at=self.state.last_event_at,
+            steps=f.steps,
+            consecutive_unknown=f.unknown_finish_streak,
+            compactions=f.compaction_cycles,
+            final_stop_at=self.final_stop_at,
+        )
+
+    def progress(self, *, force: bool = False, message: str = "") -> None:
+        now = self.clock()
+        if not (force or self.writer.progress_due(now)):
+            return  # checked first: this runs on every chunk of opencode's output
+        f = self.folder
+        self.writer.progress(
+            records.ProgressRecord(
+                stage=self.state.stage,
+                elapsed_seconds=round(now - self.state.started_mono, 2),
+                steps=f.steps,
+                tool_calls=f.tool_calls,
+                tokens=f.input_tokens + f.output_tokens,
+                last_tool=self.state.last_tool,
+                message=one_line(message, 256),
+            ),
+            now,
+            force=force,
+        )
+
+    def note(self, type_: str, message: str) -> None:
+        self.writer.event(records.EventRecord(type=type_, message=message, ts=time.time()))
+
+    # ---- the run ------------------------------------------------------------------------
+    async def run(self) -> records.ResultRecord:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_cancel)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _on_cancel(self) -> None:
+        # Once opencode has ended, the run is decided: finish the diff and report it as it was.
+        if self.state.stage != "diffing" and not self.state.cancelled:
+            self.state.cancelled = True
+            self.cancel_requested.set()
+
+    async def _run(self) -> records.ResultRecord:
+        self.state.stage = "cloning" if self.spec.repo else "preparing"
+        canned = " (replay model: the model's words are canned)" if self.spec.replay else ""
+        self.progress(force=True, message=f"preparing workspace {self.ws}{canned}")
+        try:
+            base = await self._prepare_workspace()
+        except workspace.WorkspaceError as e:
+            if self.state.cancelled:
+                return self._result(records.Outcome.CANCELLED, f"cancelled: {e}", None, "", None)
+            return self._result(records.Outcome.WORKSPACE_ERROR, str(e), exit_code=None, base="", diff=None)
+        if self.state.cancelled:
+            return await self._finish(base, exit_code=None)
+        if not self.spec.relay:
+            return await self._finish(base, exit_code=await self._run_opencode(self.spec.base_url))
+        # The repair relay turns text-format tool calls into API tool_calls (opencode 1.18.33 does
+        # not parse them: contract §6); it runs in this process, in front of the model service.
+        from buildstudio.relay import Relay
+
+        async with Relay(self.spec.base_url) as relay:
+            self.note("repair", f"tool-call repair relay on {relay.base_url} -> {self.spec.base_url}")
+            exit_code = await self._run_opencode(relay.base_url)
+            self.relay_counters = (relay.counters.repaired, relay.counters.left_as_text)
+        return await self._finish(base, exit_code=exit_code)
+
+    async def _run_opencode(self, base_url: str) -> int | None:
+        prompt_file = await asyncio.to_thread(self._write_inputs, base_url)
+        return await self._start_and_watch(prompt_file)
+
+    def _write_inputs(self, base_url: str) -> Path:
+        """opencode's config and the prompt file; returns the prompt file."""
+        config = opencode_config.build_config(
+            base_url=base_url,
+            model=self.spec.model,
+            context=self.spec.context_limit,
+            output=self.spec.output_limit,
+            api_key_env=self.spec.api_key_env,
+            header_timeout_ms=self.spec.timeouts.header_timeout_ms,
+            chunk_timeout_ms=self.spec.timeouts.chunk_timeout_ms,
+        )
+        opencode_config.write_config(self.home, config)
+        # Outside the workspace, so it never shows in the diff.
+        prompt_file = self.home / ".buildstudio" / "prompt.txt"
+        prompt_file.parent.mkdir(parents=True, exist_ok=True)
+        prompt_file.write_bytes(self.spec.prompt.encode("utf-8"))
+        return prompt_file
+
+    async def _prepare_workspace(self) -> str:
+        task = asyncio.ensure_future(asyncio.to_thread(workspace.prepare, self.ws, self.spec.repo))
+        cancel = asyncio.ensure_future(self.cancel_requested.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, cancel}, timeout=self.spec.timeouts.clone_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            cancel.cancel()
+        if task in done:
+            return task.result()
+        # Timed out or cancelled: kill git (our descendants) so the thread returns.
+        await asyncio.to_thread(procs.kill_descendants, timeout=2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5.0)
+        if self.state.cancelled:
+            raise workspace.WorkspaceError("cancelled while preparing the workspace")
+        raise workspace.WorkspaceError(f"clone did not finish within {self.spec.timeouts.clone_seconds:g} s")
+
+    async def _start_and_watch(self, prompt_file: Path) -> int | None:
+        argv = opencode_argv(self.opencode_bin, self.ws, self.spec.model)
+        env = opencode_env(self.spec, self.home, self.base_env)
+        self.state.stage = "running"
+        try:
+            with prompt_file.open("rb") as stdin:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=stdin,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=env,
+                    cwd=str(self.ws),
+                    start_new_session=True,
+                )
+        except OSError as e:
+            self.start_error = f"cannot start opencode ({self.opencode_bin}): {e}"
+            return None
+        self.state.opencode_started = self.clock()
+        self.progress(force=True, message="opencode started")
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [
+            asyncio.ensure_future(self._read_stdout(proc.stdout)),
+            asyncio.ensure_future(self._read_stderr(proc.stderr)),
+        ]
+        waiter = asyncio.ensure_future(proc.wait())
+        cancel = asyncio.ensure_future(self.cancel_requested.wait())
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter, cancel}, timeout=TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                if self.state.cancelled:
+                    self.note("watchdog", "cancel requested: stopping opencode")
+                    break
+                decision = watchdog.check(self.clock(), self.signals(), self.limits)
+                if decision is not None:
+                    self.state.stop = decision
+                    self.note("watchdog", decision.message)
+                    break
+                self.progress()
+        finally:
+            cancel.cancel()
+            await self._stop(proc, waiter)
+            # Everything opencode started is dead now, so the pipes reach EOF promptly.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*readers), 5.0)
+            for r in readers:
+                r.cancel()
+        return proc.returncode
+
+    async def _stop(self, proc: asyncio.subprocess.Process, waiter: asyncio.Future[int]) -> None:
+        """End opencode and every process the run started (tool commands outlive opencode)."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), TERM_GRACE_SECONDS)
+        left = await asyncio.to_thread(procs.kill_descendants, keep_waiting=frozenset({proc.pid}), timeout=5.0)
+        if left:
+            self.note("watchdog", f"processes still alive after kill: {sorted(left)}")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), 5.0)
+
+    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            now = self.clock()
+            recs = self.folder.feed_bytes(chunk, now) if chunk else self.folder.finish(now)
+            self._on_records(recs, now)
+            if not chunk:
+                return
+
+    def _on_records(self, recs: list[records.EventRecord], now: float) -> None:
+        if self.folder.last_event_at is not None:
+            self.state.last_event_at = self.folder.last_event_at
+        for rec in recs:
+            if rec.type == "tool":
+                self.state.last_tool = one_line(rec.message, 200)
+            self.writer.event(rec)
+        if not self.folder.terminal:
+            self.final_stop_at = None  # an error or a new step after the "final" one
+        elif self.final_stop_at is None:
+            self.final_stop_at = now
+        self.progress()
+
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+        keep = self.spec.output.stderr_tail_bytes
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                break
+            self.state.stderr_tail = (self.state.stderr_tail + chunk)[-keep:] if keep else b""
+
+    # ---- the ending -----------------------------------------------------------------------
+    async def _finish(self, base: str, *, exit_code: int | None) -> records.ResultRecord:
+        self.state.stage = "diffing"
+        self.progress(force=True, message="capturing the diff")
+        diff: gitdiff.DiffResult | None = None
+        diff_error = ""
+        # Cancelled: the grace bounds everything; otherwise git's own timeout does.
+        budget = (
+            max(2.0, self.spec.timeouts.cancel_grace_seconds - 3.0) if self.state.cancelled else DIFF_TIMEOUT_SECONDS
+        )
+        try:
+            diff = await asyncio.wait_for(
+                asyncio.to_thread(
+                    gitdiff.capture,
+                    self.ws,
+                    base,
+                    excerpt_bytes=self.spec.output.diff_excerpt_bytes,
+                    patch_cap_bytes=self.spec.output.patch_max_bytes,
+                    timeout_s=budget,
+                ),
+                timeout=budget + 1.0,
+            )
+        except Exception as e:  # the result record must still be printed
+            diff_error = f"diff capture failed: {e}"
+        if self.start_error:
+            return self._result(records.Outcome.ENGINE_FAILED, self.start_error, exit_code, base, diff)
+        stop = self.state.stop.trip.value if self.state.stop else None
+        outcome, message = verdict.judge(
+            self.folder.summary,
+            exit_code=exit_code,
+            stop_reason=stop,
+            diff_stat=diff.stat if diff else records.DiffStat(),
+            cancelled=self.state.cancelled,
+        )
+        if self.state.stop is not None and self.state.stop.trip is not watchdog.Trip.EXIT_AFTER_FINAL:
+            message = f"{message} ({self.state.stop.message})"
+        tail = self.state.stderr_tail.decode("utf-8", "replace").strip()
+        if tail and not outcome.succeeded and not self.folder.summary.events:
+            message = f"{message}; opencode stderr: {one_line(tail, 600)}"
+        if diff_error:
+            message = f"{message}; {diff_error}"
+        return self._result(outcome, message, exit_code, base, diff)
+
+    def _result(
+        self,
+        outcome: records.Outcome,
+        message: str,
+        exit_code: int | None,
+        base: str,
+        diff: gitdiff.DiffResult | None,
+    ) -> records.ResultRecord:
+        now = self.clock()
+        summary = self.folder.summary
+        if self.relay_counters is not None:
+            summary.repaired_tool_calls, summary.unrepaired_tool_calls = self.relay_counters
+        rec = records.ResultRecord(
+            outcome=outcome,
+            message=message,
+            exit_code=exit_code,
+            summary=summary,
+            base_commit=base,
+            started_at=self.state.started_at,
+            finished_at=utcnow(),
+            duration_seconds=round(now - self.state.started_mono, 3),
+            replay=self.spec.replay,
+        )
+        if diff is not None:
+            rec.diff_stat = diff.stat
+            rec.diff = diff.excerpt
+            rec.diff_bytes = diff.bytes
+            rec.diff_truncated = diff.excerpt_truncated
+            rec.patch = diff.patch
+        return rec
+
+
+async def supervise(
+    spec: RunnerSpec, *, ws: Path, home: Path, opencode_bin: str, writer: RecordWriter
+) -> records.ResultRecord:
+    """Run once and print every record, the result last; returns the result."""
+    sup = Supervisor(spec, ws=ws, home=home, opencode_bin=opencode_bin, writer=writer)
+    try:
+        result = await sup.run()
+    except Exception as e:  # a bug in the runner: still end everything and print a result
+        await asyncio.to_thread(procs.kill_descendants, timeout=3.0)
+        result = records.ResultRecord(
+            outcome=records.Outcome.RUNNER_ERROR,
+            message=one_line(f"runner error: {type(e).__name__}: {e}", 1000),
+            summary=sup.folder.summary,
+            started_at=sup.state.started_at,
+            finished_at=utcnow(),
+            replay=spec.replay,
+        )
+    writer.result(result)
+    return result

@@ -1,0 +1,244 @@
+"""`buildstudio run --local`: the quick start (replay model, air-gapped), a dispatch.yaml against a
+model service, auto-detection, and the record/diff output."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from buildstudio import localrun, records
+from buildstudio.scripted_server import ScriptedServer
+from tests.runner_harness import OPENCODE, REPO_ROOT, SKIP_REASON, make_repo
+
+needs_opencode = [pytest.mark.opencode, pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)]
+QUICK_START = ["run", "--local", "--model-server", "replay:examples/replays/add-subtract.json"]
+
+
+def cli_env(tmp: Path) -> dict[str, str]:
+    # TMPDIR: `run --local` keeps its workspace in a temp dir for the user to inspect; keep it in the test's.
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator"), "OPENCODE_BIN": OPENCODE or "", "TMPDIR": str(tmp)}
+
+
+def netns_available() -> str | None:
+    """None when `unshare -n` + `ip link set lo up` works here, else why not."""
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        return "unshare or ip not installed"
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=30)
+    return None if probe.returncode == 0 else f"unshare -n failed: {probe.stderr.decode()[:200]}"
+
+
+def in_netns(args: list[str]) -> list[str]:
+    """Run `python -m buildstudio.cli ARGS` in a network namespace that has only loopback."""
+    inner = " ".join(["exec", sys.executable, "-m", "buildstudio.cli", *(f"'{a}'" for a in args)])
+    return ["unshare", "-n", "sh", "-c", f"ip link set lo up && {inner}"]
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_dispatch_fields_from_a_manifest() -> None:
+    manifest = {
+        "apiVersion": "buildstudio.dpf.dev/v1alpha1",
+        "kind": "BuildDispatch",
+        "metadata": {"name": "x"},
+        "spec": {"prompt": "Fix it", "repo": {"url": "file:///r", "ref": "dev"}, "model": "qwen3-coder"},
+    }
+    assert localrun.dispatch_fields(manifest) == {
+        "prompt": "Fix it",
+        "repo": "file:///r",
+        "ref": "dev",
+        "model": "qwen3-coder",
+    }
+    assert localrun.dispatch_fields({"spec": {"prompt": "p"}}) == {"prompt": "p"}
+    for bad in ({"kind": "Pod", "spec": {}}, {"kind": "BuildDispatch"}, ["x"]):
+        with pytest.raises(ValueError):
+            localrun.dispatch_fields(bad)
+
+
+def test_no_service_message_names_what_was_tried_and_how_to_start() -> None:
+    tried = [(c, "no answer (ConnectError)") for c in localrun.LOCAL_SERVICES]
+    msg = localrun.no_service_message(tried)
+    for c in localrun.LOCAL_SERVICES:
+        assert c.base_url in msg and c.how_to_start in msg
+    assert "--base-url" in msg and "replay:" in msg
+    ports = {c.base_url.split(":")[2].split("/")[0] for c in localrun.LOCAL_SERVICES}
+    assert ports == {"12434", "11434", "8080", "8000", "1234"}
+
+
+def test_record_table_labels_a_replay_and_patch_round_trips() -> None:
+    patch = "diff --git a/x b/x\n+new\n"
+    res = records.ResultRecord(
+        outcome=records.Outcome.COMPLETED,
+        message="1 files changed",
+        replay=True,
+        patch=records.Patch(data=base64.b64encode(gzip.compress(patch.encode())).decode(), bytes=len(patch)),
+    )
+    meta = {"model": "m", "modelService": "replay:f", "repo": "r", "workspace": "/w", "replay": True}
+    table = localrun.record_table(res, meta)
+    assert "REPLAY" in table and "canned" in table and "Completed (succeeded)" in table
+    assert localrun.full_patch(res) == patch
+    view = localrun.record_view(res, meta)
+    assert view["result"]["replay"] is True and "data" not in view["result"]["patch"]
+    line = localrun.progress_line(
+        records.ProgressRecord(
+            stage="running", elapsed_seconds=3.2, steps=2, tool_calls=1, tokens=240, last_tool="write a.py"
+        )
+    )
+    assert "steps 2" in line and "tool calls 1" in line and "tokens 240" in line and "write a.py" in line
+
+
+async def test_detect_service_takes_the_first_that_answers() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    async with ScriptedServer([{"text": "x"}], model="served-model") as srv:
+        cands = [
+            localrun.Candidate("Dead", f"http://127.0.0.1:{dead}/v1", "start dead"),
+            localrun.Candidate("Scripted", srv.base_url, "n/a"),
+        ]
+        found, tried, ids = await localrun.detect_service(cands)
+    assert found is not None and found.name == "Scripted" and ids == ["served-model"]
+    assert [c.name for c, _ in tried] == ["Dead"]
+    found, tried, _ = await localrun.detect_service(cands[:1])
+    assert found is None and "no answer" in tried[0][1]
+
+
+# ------------------------------------------------------------------ with the real opencode
+
+
+@pytest.mark.opencode
+@pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)
+def test_quick_start_replay_air_gapped(tmp_path: Path) -> None:
+    """The README's one command, inside a network namespace with only loopback: real opencode, real tools,
+    real diff, canned model words — and nothing needs the network."""
+    why = netns_available()
+    if why:
+        pytest.skip(why)
+    out = subprocess.run(
+        in_netns([*QUICK_START, "-o", "json"]),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    view = json.loads(out.stdout)
+    res = view["result"]
+    assert res["outcome"] == "Completed" and res["replay"] is True and view["replay"] is True
+    assert res["diffStat"]["files"] == 2
+    assert "+def subtract(a, b):" in res["diff"] and "+def test_subtract():" in res["diff"]
+    assert "REPLAY MODEL" in out.stderr and "canned" in out.stderr
+
+
+@pytest.mark.opencode
+@pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)
+def test_no_model_service_anywhere_says_what_was_tried(tmp_path: Path) -> None:
+    why = netns_available()
+    if why:
+        pytest.skip(why)
+    out = subprocess.run(
+        in_netns(["run", "--local", "--model", "m", "--prompt", "p"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(tmp_path),
+        cwd=REPO_ROOT,
+    )
+    assert out.returncode == 3
+    assert "no local model service answered" in out.stderr and "11434" in out.stderr and "ollama" in out.stderr
+
+
+@pytest.mark.opencode
+@pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)
+async def test_dispatch_yaml_against_a_model_service(tmp_path: Path) -> None:
+    make_repo(tmp_path / "src")
+    manifest = {
+        "apiVersion": "buildstudio.dpf.dev/v1alpha1",
+        "kind": "BuildDispatch",
+        "metadata": {"name": "d"},
+        "spec": {
+            "prompt": "Create notes.md",
+            "model": "qwen3-coder",
+            "repo": {"url": f"file://{tmp_path / 'src'}", "ref": "master"},
+        },
+    }
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(manifest))
+    script = [{"tool": "write", "args": {"filePath": "notes.md", "content": "# Notes\n"}}, {"text": "Created."}]
+    async with ScriptedServer(script) as srv:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "buildstudio.cli",
+            "run",
+            "--local",
+            str(tmp_path / "d.yaml"),
+            "--base-url",
+            srv.base_url,
+            "--context",
+            "32768",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(tmp_path),
+            cwd=tmp_path,
+        )
+        out_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Completed (succeeded)" in out and "REPLAY" not in out
+    assert "+# Notes" in out and "diff --git a/notes.md b/notes.md" in out
+    assert "preflight:" in err
+    agent = srv.chat_requests(with_tools=True)
+    assert agent[0]["messages"][-1]["content"] == "Create notes.md"
+
+
+def test_replay_is_found_from_anywhere(tmp_path: Path) -> None:
+    shipped = REPO_ROOT / "examples" / "replays" / "add-subtract.json"
+    assert localrun.resolve_replay("examples/replays/add-subtract.json").resolve() == shipped
+    assert localrun.resolve_replay("add-subtract") == shipped
+    own = tmp_path / "r.json"
+    own.write_text("[]")
+    assert localrun.resolve_replay(str(own)) == own
+
+
+@pytest.mark.opencode
+@pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)
+async def test_ctrl_c_cancels_and_still_prints_the_record(tmp_path: Path) -> None:
+    replay = tmp_path / "hang.json"
+    replay.write_text(
+        json.dumps({"replay": {"name": "hang", "description": "never answers"}, "script": [{"hang": 120}]})
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "buildstudio.cli",
+        "run",
+        "--local",
+        "--model-server",
+        f"replay:{replay}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"[preparing]" not in seen:
+        seen += await asyncio.wait_for(proc.stderr.readline(), 60)
+    await asyncio.sleep(3)  # opencode is up and waiting on the model
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1, (seen + err).decode()[-2000:]
+    assert b"Cancelled (failed)" in out and b"REPLAY" in out
