@@ -61,10 +61,36 @@ def test_dispatch_fields_from_a_manifest() -> None:
         "ref": "dev",
         "model": "qwen3-coder",
     }
-    assert localrun.dispatch_fields({"spec": {"prompt": "p"}}) == {"prompt": "p"}
+    assert localrun.dispatch_fields({"spec": {"prompt": "p", "phase": "plan"}}) == {"prompt": "p", "phase": "plan"}
     for bad in ({"kind": "Pod", "spec": {}}, {"kind": "BuildDispatch"}, ["x"]):
         with pytest.raises(ValueError):
             localrun.dispatch_fields(bad)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"prompt": "p"}, "build needs spec.repo"),  # a CEL rule of the CRD
+        ({"prompt": "p", "repo": {"url": "file:///r"}, "timeouts": {"runSeconds": 60, "idleSeconds": 600}},
+         "timeouts.idleSeconds must not exceed timeouts.runSeconds"),
+        ({"prompt": "p", "repo": {"url": "file:///r"}, "promt": "typo"}, "spec.promt: Extra inputs are not permitted"),
+    ],
+)
+def test_manifest_is_validated_like_the_apiserver_would(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match="invalid BuildDispatch") as err:
+        localrun.dispatch_fields({"kind": "BuildDispatch", "spec": spec})
+    assert message in str(err.value)
+
+
+def test_local_gate_uses_the_registry_and_the_local_binary() -> None:
+    admitted = localrun.local_gate({"prompt": "p", "model": "qwen3-coder"}, opencode_present=True)
+    assert (admitted.admit, admitted.engine, admitted.tool_call_repair) == (True, "opencode", True)
+    missing = localrun.local_gate({"prompt": "p", "model": "qwen3-coder"}, opencode_present=False)
+    assert (missing.admit, missing.reason) == (False, "EngineNotPresent")
+    cloud = localrun.local_gate({"prompt": "p", "engine": "claude"}, opencode_present=True)
+    assert (cloud.admit, cloud.reason) == (False, "EngineNotPresent")  # --local never runs cloud engines
+    plan = localrun.local_gate({"prompt": "p", "phase": "plan"}, opencode_present=False)
+    assert (plan.admit, plan.text_only, plan.model) == (True, True, "qwen3-coder")
 
 
 def test_no_service_message_names_what_was_tried_and_how_to_start() -> None:
@@ -242,3 +268,46 @@ async def test_ctrl_c_cancels_and_still_prints_the_record(tmp_path: Path) -> Non
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1, (seen + err).decode()[-2000:]
     assert b"Cancelled (failed)" in out and b"REPLAY" in out
+
+
+# ------------------------------------------------ relay, text phases and the gate through the CLI
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "buildstudio.cli", *args],
+        cwd=REPO_ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=240,
+    )
+
+
+@pytest.mark.opencode
+@pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)
+def test_text_format_tool_calls_build_through_the_relay_and_not_without(tmp_path: Path) -> None:
+    replay = ["run", "--local", "--model-server", "replay:examples/replays/text-toolcalls.json", "-o", "json"]
+    with_relay = _cli(tmp_path, *replay)
+    assert with_relay.returncode == 0, with_relay.stderr[-2000:]
+    rec = json.loads(with_relay.stdout)["result"]
+    assert rec["outcome"] == "Completed" and rec["summary"]["repairedToolCalls"] == 1
+    assert "+def subtract(a, b):" in rec["diff"]
+    without = _cli(tmp_path, *replay, "--relay", "off")
+    rec = json.loads(without.stdout)["result"]
+    assert rec["outcome"] == "NoChanges" and rec["diffStat"]["files"] == 0
+    assert "text-format tool call" in rec["message"]
+
+
+def test_plan_phase_is_text_generation_without_opencode(tmp_path: Path) -> None:
+    out = _cli(tmp_path, "run", "--local", "--phase", "plan", "--model-server", "replay:examples/replays/plan.json",
+               "--opencode-bin", "/nonexistent/opencode")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gate: Admitted: plan: text generation with qwen3-coder" in out.stderr
+    assert "PHASE          plan" in out.stdout and "## Risks" in out.stdout
+    assert "REPLAY         yes" in out.stdout
+
+
+def test_gate_refusal_and_invalid_manifest_exit_non_zero(tmp_path: Path) -> None:
+    refused = _cli(tmp_path, "run", "--local", "--engine", "claude", "--model-server",
+                   "replay:examples/replays/add-subtract.json")
+    assert refused.returncode == 3 and "gate: EngineNotPresent" in refused.stderr
+    invalid = _cli(tmp_path, "run", "--local", "examples/invalid/bd-idle-exceeds-run.yaml")
+    assert invalid.returncode == 2
+    assert "timeouts.idleSeconds must not exceed timeouts.runSeconds" in invalid.stderr

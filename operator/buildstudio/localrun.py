@@ -36,6 +36,7 @@ import httpx
 import yaml
 
 from buildstudio import records
+from buildstudio.gate import GateDecision
 from buildstudio.runner.spec import LoopLimits, RepoSource, RunnerSpec, RunnerTimeouts, dump_spec
 from buildstudio.scripted_server import Replay, ScriptedServer, load_replay
 
@@ -87,13 +88,31 @@ SAMPLE_PROMPT = "Add a subtract(a, b) function to calc.py, next to add(), and a 
 # ---------------------------------------------------------------------------- pure parts
 
 
+def manifest_errors(manifest: dict[str, Any]) -> list[str]:
+    """What the apiserver would say of this BuildDispatch: the models' schema, then the CRD's CEL rules."""
+    from pydantic import ValidationError
+
+    from buildstudio.api import BuildDispatch
+    from buildstudio.api.crdgen import dispatch_spec_schema
+    from buildstudio.validation import cel_violations
+
+    try:
+        BuildDispatch.model_validate({**manifest, "kind": "BuildDispatch"})
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return [str(v) for v in cel_violations(dispatch_spec_schema(), manifest["spec"], path="spec")]
+
+
 def dispatch_fields(manifest: Any) -> dict[str, str]:
-    """prompt / repo url / ref / model of a BuildDispatch manifest (a YAML dict)."""
+    """prompt / repo url / ref / model / engine / phase of a validated BuildDispatch manifest (a YAML dict)."""
     if not isinstance(manifest, dict) or manifest.get("kind") not in (None, "BuildDispatch"):
         raise ValueError("expected a BuildDispatch manifest")
     spec = manifest.get("spec")
     if not isinstance(spec, dict):
         raise ValueError("the manifest has no spec")
+    errors = manifest_errors(manifest)
+    if errors:
+        raise ValueError("invalid BuildDispatch: " + "; ".join(errors))
     raw_repo = spec.get("repo")
     repo: dict[str, Any] = raw_repo if isinstance(raw_repo, dict) else {}
     out = {
@@ -101,8 +120,27 @@ def dispatch_fields(manifest: Any) -> dict[str, str]:
         "repo": repo.get("url"),
         "ref": repo.get("ref"),
         "model": spec.get("model"),
+        "engine": spec.get("engine"),
+        "phase": spec.get("phase"),
     }
     return {k: str(v) for k, v in out.items() if v}
+
+
+def local_gate(fields: dict[str, str], *, opencode_present: bool) -> GateDecision:
+    """The operator's capability gate over the registry, with what this machine has: the local
+    engine is present when its binary was found; cloud engines are never run by ``--local``."""
+    from buildstudio import registry
+    from buildstudio.api.dispatch import BuildDispatchSpec
+    from buildstudio.gate import EngineState, decide
+
+    engines = [
+        EngineState(e.name, e.spec, present=e.spec.endpoint == "local" and opencode_present)
+        for e in registry.load()
+    ]
+    spec = BuildDispatchSpec.model_validate(
+        {k: fields[k] for k in ("prompt", "model", "engine", "phase") if fields.get(k)}
+    )
+    return decide(engines, spec)
 
 
 def no_service_message(tried: Sequence[tuple[Candidate, str]]) -> str:
@@ -145,9 +183,9 @@ def record_table(result: records.ResultRecord, meta: dict[str, Any]) -> str:
         ("MESSAGE", result.message),
         ("MODEL", meta["model"]),
         ("MODEL SERVICE", meta["modelService"]),
-        ("REPO", meta["repo"]),
-        ("WORKSPACE", meta["workspace"]),
-        ("BASE COMMIT", result.base_commit[:12]),
+        *([("PHASE", meta["phase"])] if "phase" in meta else []),
+        *([("REPO", meta["repo"]), ("WORKSPACE", meta["workspace"])] if "repo" in meta else []),
+        *([("BASE COMMIT", result.base_commit[:12])] if result.base_commit else []),
         ("STEPS", str(s.steps)),
         (
             "TOOL CALLS",
@@ -320,11 +358,15 @@ async def _run(args: argparse.Namespace) -> int:
         except (OSError, ValueError, yaml.YAMLError) as e:
             _err(f"cannot read {args.dispatch}: {e}")
             return 2
-    for key in ("prompt", "repo", "ref", "model"):
+    for key in ("prompt", "repo", "ref", "model", "engine", "phase"):
         if getattr(args, key):
             fields[key] = getattr(args, key)
-    opencode_bin = find_opencode(args.opencode_bin)
-    if not opencode_bin:
+    text_phase = fields.get("phase") in ("ideate", "plan")
+    if fields.get("phase") in ("review", "ship"):
+        _err(f"phase {fields['phase']} works on a finished dispatch's stored patch: run it on a cluster")
+        return 2
+    opencode_bin = find_opencode(args.opencode_bin) or ""
+    if not opencode_bin and not text_phase:
         _err("opencode not found: install opencode-ai (npm install opencode-ai@<pin>) or set OPENCODE_BIN")
         return 2
 
@@ -340,7 +382,8 @@ async def _run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             _err(f"cannot load the replay {target}: {e}")
             return 2
-        server = await ScriptedServer(replay.script, model=replay.model).start()
+        # A text phase sends no tools: every request must consume the script (no_aux).
+        server = await ScriptedServer(replay.script, model=replay.model, no_aux=text_phase).start()
         base_url, service = server.base_url, f"replay:{target} on {server.base_url} (canned model replies)"
         fields.setdefault("model", replay.model)
         fields.setdefault("prompt", str(replay.metadata.get("prompt") or SAMPLE_PROMPT))
@@ -365,11 +408,18 @@ async def _run(args: argparse.Namespace) -> int:
             if not fields["prompt"]:
                 _err("no prompt: pass --prompt or a dispatch with spec.prompt")
                 return 2
+        decision = local_gate(fields, opencode_present=bool(opencode_bin))
+        print(f"gate: {decision.reason}: {decision.message}", file=sys.stderr)
+        if not decision.admit:
+            return 3
         context = args.context
         if replay is None:
             context, ok = await _preflight(base_url, fields["model"], args.context)
             if not ok:
                 return 3
+        if text_phase:
+            return await _text_phase(args, fields, base_url=base_url, service=service, context=context,
+                                     replay=replay is not None)
         return await _dispatch(
             args,
             fields,
@@ -378,6 +428,7 @@ async def _run(args: argparse.Namespace) -> int:
             context=context,
             replay=replay is not None,
             opencode_bin=opencode_bin,
+            relay=decision.tool_call_repair if args.relay == "auto" else args.relay == "on",
         )
     finally:
         if server is not None:
@@ -405,6 +456,7 @@ async def _dispatch(
     context: int,
     replay: bool,
     opencode_bin: str,
+    relay: bool,
 ) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="buildstudio-local-"))
     repo_label = fields.get("repo", "")
@@ -427,6 +479,7 @@ async def _dispatch(
         output_limit=min(args.output_limit, context // 2),
         timeouts=RunnerTimeouts(run_seconds=args.timeout, idle_seconds=min(args.idle_timeout, args.timeout)),
         limits=LoopLimits(step_budget=args.step_budget),
+        relay=relay,
         replay=replay,
     )
     display = Display(sys.stderr)
@@ -442,6 +495,12 @@ async def _dispatch(
         "workspace": str(workspace),
         "replay": replay,
     }
+    return _print_result(args, result, meta, tail=full_patch(result) or result.diff, empty="(no changes)")
+
+
+def _print_result(
+    args: argparse.Namespace, result: records.ResultRecord, meta: dict[str, Any], *, tail: str, empty: str
+) -> int:
     out = sys.stdout
     if args.output == "json":
         out.write(json.dumps(record_view(result, meta), indent=2) + "\n")
@@ -449,12 +508,40 @@ async def _dispatch(
         out.write(yaml.safe_dump(record_view(result, meta), sort_keys=False, allow_unicode=True))
     else:
         out.write(record_table(result, meta) + "\n")
-        patch = full_patch(result) or result.diff
-        if patch:
-            out.write("\n" + patch + ("" if patch.endswith("\n") else "\n"))
+        if tail:
+            out.write("\n" + tail + ("" if tail.endswith("\n") else "\n"))
         elif result.outcome.succeeded:
-            out.write("\n(no changes)\n")
+            out.write(f"\n{empty}\n")
     return 0 if result.outcome.succeeded else 1
+
+
+async def _text_phase(
+    args: argparse.Namespace,
+    fields: dict[str, str],
+    *,
+    base_url: str,
+    service: str,
+    context: int,
+    replay: bool,
+) -> int:
+    """ideate / plan: one chat completion with the model, no sandbox and no opencode."""
+    from buildstudio.phases import run_phase
+
+    display = Display(sys.stderr)
+    run = await run_phase(
+        fields["phase"],
+        fields["prompt"],
+        base_url=base_url,
+        model=fields["model"],
+        context=context,
+        timeout=args.timeout,
+        idle_timeout=args.idle_timeout,
+    )
+    for ev in run.events:
+        display.event(ev)
+    result = run.record.model_copy(update={"replay": replay})
+    meta = {"model": fields["model"], "modelService": service, "phase": fields["phase"], "replay": replay}
+    return _print_result(args, result, meta, tail=result.summary.final_text, empty="(empty answer)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -470,6 +557,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", help="branch, tag or commit")
     p.add_argument("--workspace", help="work IN PLACE in this existing git repo instead of cloning")
     p.add_argument("--model", help="model id (default: the dispatch's, or the first the service lists)")
+    p.add_argument("--engine", help="BuildEngine name (default: auto-detected by the capability gate)")
+    p.add_argument("--phase", choices=["ideate", "plan", "build"], help="pipeline phase (default: build)")
+    p.add_argument(
+        "--relay",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="tool-call repair relay (auto: as the gate decides, i.e. for models whose supportsToolUse is false)",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1")
     src.add_argument(
