@@ -119,15 +119,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
-    importlib.import_module("buildstudio.handlers")
+    from buildstudio.handlers import run_operator
+
     kopf.configure(verbose=args.verbose)
-    kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
-        standalone=args.standalone or None,
-        peering_name=args.peering,
+    run_operator(
+        namespaces=args.namespace,
+        standalone=args.standalone or args.peering is None,
+        liveness=args.liveness,
+        peering=args.peering,
         priority=args.priority,
-        liveness_endpoint=args.liveness,
     )
     return 0
 

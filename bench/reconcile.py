@@ -1,0 +1,290 @@
+"""Reconcile benchmark: apply → pod-created latency, and operator RSS with a deep queue.
+
+    .venv/bin/python bench/reconcile.py [--dispatches 200] [--queued 1000]
+
+1. ``ours``: the Build Studio operator (a separate process, as deployed) against the kmock-based
+   emulator of ``tests/kube`` (request log trimmed), a scripted model service for the preflight,
+   200 BuildDispatches created in a burst; latency = pod ADDED on a watch minus the dispatch's POST.
+2. ``bare``: a bare kopf operator whose ``on.create`` handler creates the same pod manifest.
+3. RSS: the operator with ``maxRunning: 1`` and 1000 dispatches, once 999 are ``Queued``.
+
+Prints figures only (goals: ours/bare p50 ≤ 1.3x, RSS ≤ 250 MB); asserts nothing about timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kmock
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.kube.client import kubeconfig_text  # noqa: E402
+from tests.kube.emulator import Emulator, register_buildstudio  # noqa: E402
+
+from buildstudio.core.settings import SandboxDefaults  # noqa: E402
+from buildstudio.scripted_server import ScriptedServer  # noqa: E402
+
+OURS = """
+import logging, kopf
+from buildstudio.handlers import build_registry
+from buildstudio.core.settings import Settings
+logging.basicConfig(level=logging.WARNING)
+kopf.run(registry=build_registry(Settings(), namespace="default", seed=False), standalone=True,
+         clusterwide=True)
+"""
+
+BARE = """
+import logging, kopf
+from buildstudio.core import manifests as mf
+from buildstudio.core.settings import SandboxDefaults
+from buildstudio.kube import Kube
+logging.basicConfig(level=logging.WARNING)
+registry = kopf.OperatorRegistry()
+state = {}
+
+@kopf.on.login(registry=registry)
+def login(**kw):
+    return kopf.login_with_kubeconfig(**kw)
+
+@kopf.on.startup(registry=registry)
+def startup(**_):
+    state["kube"] = Kube.from_config()
+
+@kopf.on.create("buildstudio.dpf.dev", "v1alpha1", "builddispatches", registry=registry)
+async def create(name, namespace, uid, spec, **_):
+    owner = mf.Owner(name=name, uid=uid, namespace=namespace)
+    req = mf.SandboxRequest(owner=owner, attempt=1, engine=mf.EngineRuntime(name="opencode"),
+                            repo_url=spec["repo"]["url"], model_base_url="http://127.0.0.1:1/v1")
+    await state["kube"].create(mf.sandbox_pod(req, SandboxDefaults()))
+
+kopf.run(registry=registry, standalone=True, clusterwide=True)
+"""
+
+
+def engine(base_url: str, max_running: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "buildstudio.dpf.dev/v1alpha1",
+        "kind": "BuildEngine",
+        "metadata": {"name": "opencode"},
+        "spec": {
+            "engine": "opencode",
+            "endpoint": "local",
+            "capabilities": ["localModels"],
+            "version": "1.18.33",
+            "command": ["opencode", "run"],
+            "versionCommand": ["opencode", "--version"],
+            "modelService": {"baseURL": base_url},
+            "models": [{"id": "qwen3-coder", "tier": "strong", "supportsToolUse": True, "contextOverride": 65536}],
+            "concurrency": {"maxRunning": max_running, "maxRunningPerModel": max_running},
+        },
+    }
+
+
+def present_status() -> dict[str, Any]:
+    """As the presence probe would leave it, so the benchmark needs no kubelet."""
+    return {
+        "present": True,
+        "version": "1.18.33",
+        "presence": {
+            "method": "probe-pod",
+            "checkedAt": "2026-01-01T00:00:00Z",
+            "message": "preset by the benchmark",
+            "image": SandboxDefaults().image,
+            "observedGeneration": 1,
+        },
+    }
+
+
+def dispatch(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "buildstudio.dpf.dev/v1alpha1",
+        "kind": "BuildDispatch",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"prompt": "add a test", "repo": {"url": "https://example.com/r.git"}, "model": "qwen3-coder"},
+    }
+
+
+class Bench:
+    def __init__(self, http: httpx.AsyncClient, kubeconfig: Path) -> None:
+        self.http = http
+        self.kubeconfig = kubeconfig
+        self.pods_seen: dict[str, float] = {}
+        # The operator's stderr (warnings and errors only), for when a figure looks wrong.
+        self.log = (Path(tempfile.gettempdir()) / "buildstudio-bench-operator.log").open("ab")
+
+    async def start_operator(self, code: str) -> asyncio.subprocess.Process:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONPATH=str(REPO / "operator"))
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=self.log,
+            start_new_session=True,
+        )
+
+    async def watch_pods(self) -> None:
+        params = {"watch": "true", "resourceVersion": "0", "timeoutSeconds": "600"}
+        async with self.http.stream("GET", "/api/v1/pods", params=params, timeout=httpx.Timeout(5, read=700)) as r:
+            async for line in r.aiter_lines():
+                if line.strip():
+                    ev = json.loads(line)
+                    if ev.get("type") == "ADDED":
+                        self.pods_seen.setdefault(ev["object"]["metadata"]["name"], time.perf_counter())
+
+    async def one_by_one(self, n: int, prefix: str, bound: float) -> list[float]:
+        """Each dispatch after the previous one's pod: the operator's own latency, no backlog."""
+        out: list[float] = []
+        for i in range(n):
+            name = f"{prefix}-{i}"
+            r = await self.http.post(
+                "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches", json=dispatch(name)
+            )
+            r.raise_for_status()
+            posted = time.perf_counter()
+            deadline = posted + bound
+            while f"{name}-1" not in self.pods_seen and time.perf_counter() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.002)
+            if f"{name}-1" not in self.pods_seen:
+                print(f"no pod for {name} within {bound}s: stopping this series", file=sys.stderr)
+                break
+            out.append(self.pods_seen[f"{name}-1"] - posted)
+        return sorted(out)
+
+    async def burst(self, n: int, prefix: str, bound: float) -> list[float]:
+        posted: dict[str, float] = {}
+        for i in range(n):
+            name = f"{prefix}-{i}"
+            r = await self.http.post(
+                "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches", json=dispatch(name)
+            )
+            r.raise_for_status()
+            posted[name] = time.perf_counter()
+        deadline = time.perf_counter() + bound
+        while time.perf_counter() < deadline:
+            if all(f"{name}-1" in self.pods_seen for name in posted):
+                break
+            await asyncio.sleep(0.05)
+        return sorted(self.pods_seen[f"{name}-1"] - t for name, t in posted.items() if f"{name}-1" in self.pods_seen)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 5)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run_phase(code: str, n: int, *, ours: bool, max_running: int, rss_wait: bool = False) -> dict[str, Any]:
+    async with (
+        Emulator(trim_requests=100) as emulator,
+        kmock.Server(emulator, host="127.0.0.1") as server,
+        ScriptedServer([{"text": "x"}]) as model,
+    ):
+        register_buildstudio(emulator)
+        url = str(server.url).rstrip("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            kubeconfig = Path(tmp) / "kubeconfig"
+            kubeconfig.write_text(kubeconfig_text(url))
+            async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10.0)) as http:
+                if ours:
+                    await http.post(
+                        "/apis/buildstudio.dpf.dev/v1alpha1/buildengines", json=engine(model.base_url, max_running)
+                    )
+                    await http.patch(
+                        "/apis/buildstudio.dpf.dev/v1alpha1/buildengines/opencode/status",
+                        json={"status": present_status()},
+                        headers={"Content-Type": "application/merge-patch+json"},
+                    )
+                bench = Bench(http, kubeconfig)
+                watcher = asyncio.create_task(bench.watch_pods())
+                proc = await bench.start_operator(code)
+                try:
+                    await asyncio.sleep(3.0)  # start-up (imports, login, initial listings)
+                    if rss_wait:
+                        for i in range(n):
+                            r = await http.post(
+                                "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches",
+                                json=dispatch(f"q-{i}"),
+                            )
+                            r.raise_for_status()
+                        t0 = time.perf_counter()
+                        queued = 0
+                        while time.perf_counter() - t0 < 600:
+                            r = await http.get("/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches")
+                            items = r.json()["items"]
+                            queued = sum((i.get("status") or {}).get("phase") == "Queued" for i in items)
+                            if queued >= n - max_running:
+                                break
+                            await asyncio.sleep(1.0)
+                        return {"queued": queued, "seconds": time.perf_counter() - t0, "rss_mb": rss_mb(proc.pid)}
+                    seq = await bench.one_by_one(n, "s", bound=10)
+                    lat = await bench.burst(n, "d", bound=300)
+                    return {"latencies": lat, "sequential": seq, "rss_mb": rss_mb(proc.pid)}
+                finally:
+                    await stop(proc)
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await watcher
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) >= 2 else float("nan")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dispatches", type=int, default=200)
+    ap.add_argument("--queued", type=int, default=1000)
+    ap.add_argument("--skip-rss", action="store_true")
+    args = ap.parse_args()
+    bare = await run_phase(BARE, args.dispatches, ours=False, max_running=args.dispatches)
+    ours = await run_phase(OURS, args.dispatches, ours=True, max_running=1000)  # the schema's maximum
+    for mode, key in (("one at a time", "sequential"), ("burst", "latencies")):
+        for label, res in (("bare kopf handler", bare), ("buildstudio operator", ours)):
+            lat = res[key]
+            print(
+                f"{mode:13s} {label:22s} pods {len(lat)}/{args.dispatches}  apply→pod p50 "
+                f"{pct(lat, 50) * 1000:7.0f} ms  p95 {pct(lat, 95) * 1000:7.0f} ms  max {max(lat) * 1000:7.0f} ms"
+            )
+        print(
+            f"{mode:13s} ratio ours/bare: p50 {pct(ours[key], 50) / pct(bare[key], 50):.2f}x  "
+            f"p95 {pct(ours[key], 95) / pct(bare[key], 95):.2f}x  (goal ≤ 1.3x)"
+        )
+    print(f"RSS after the runs: bare {bare['rss_mb']:.0f} MB, buildstudio {ours['rss_mb']:.0f} MB")
+    if not args.skip_rss:
+        res = await run_phase(OURS, args.queued, ours=True, max_running=1, rss_wait=True)
+        print(
+            f"operator RSS with {args.queued} dispatches ({res['queued']} Queued after {res['seconds']:.0f} s): "
+            f"{res['rss_mb']:.0f} MB (goal ≤ 250 MB)"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

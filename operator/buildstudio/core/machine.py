@@ -1,0 +1,492 @@
+"""The BuildDispatch state machine: (dispatch, observations, clock) → (status, actions).
+
+Stages, read from the conditions (never from memory, so a restarted operator resumes):
+
+- ``entry``: gate (``Admitted`` refused → NotAdmitted) and preflight (``ModelReady``);
+- ``queued``: ``Admitted`` Unknown/Queued until the queue admits it (or QueueTimeout);
+- ``running``: ``Admitted`` True; the pod ``<dispatch>-<attempt>`` is launched, watched,
+  its log folded; ends on the result record or on a pod failure / cancel / run timeout;
+- ``finished``: ``Succeeded`` True/False; only TTL remains.
+
+Every function returns a ``Step``: the whole new status and the actions the shell takes
+(create children, delete the pod, post an event, count a metric). Nothing here does IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from buildstudio.api.dispatch import BuildDispatchSpec
+from buildstudio.core import conditions as c
+from buildstudio.core import names
+from buildstudio.core.settings import Settings
+from buildstudio.core.status import LiveState, fit_budget, progress_fields, result_fields
+from buildstudio.gate import GateDecision
+from buildstudio.records import Outcome
+
+Stage = Literal["entry", "queued", "running", "finished"]
+IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
+CONFIG_ERROR_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """The parts of a BuildDispatch object the machine reads."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int | None
+    created: datetime
+    spec: BuildDispatchSpec
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def conditions(self) -> list[Mapping[str, Any]]:
+        return list(self.status.get("conditions") or [])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.status.get("attempt") or 0)
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """The preflight verdict for the dispatch's model, flattened for the machine."""
+
+    admit: bool
+    reason: str  # CamelCase: ModelReady's reason
+    message: str
+    warning: str = ""  # admitted below the advisory floor: the numbers, one line
+    retryable: bool = False  # unreachable service: keep retrying until the queue timeout
+    context: int | None = None
+    backend: str = ""
+    matched_model: str = ""
+    context_source: str = ""
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the machine needs of the sandbox pod (``from_pod`` reads a Pod object)."""
+
+    phase: str = "Pending"
+    reason: str = ""  # status.reason (Evicted, DeadlineExceeded)
+    message: str = ""
+    waiting_reason: str = ""
+    waiting_message: str = ""
+    terminated_reason: str = ""  # OOMKilled, Error, Completed
+    exit_code: int | None = None
+    unschedulable: str | None = None  # the PodScheduled=False message
+    created: datetime | None = None
+    started: datetime | None = None
+    deleting: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> PodView:
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        waiting: Mapping[str, Any] = {}
+        terminated: Mapping[str, Any] = {}
+        for cs in status.get("containerStatuses") or []:
+            state = cs.get("state") or {}
+            waiting = state.get("waiting") or waiting
+            terminated = state.get("terminated") or terminated
+        unschedulable = None
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                unschedulable = str(cond.get("message") or cond.get("reason") or "Unschedulable")
+        code = terminated.get("exitCode")
+        return cls(
+            phase=str(status.get("phase") or "Pending"),
+            reason=str(status.get("reason") or ""),
+            message=str(status.get("message") or ""),
+            waiting_reason=str(waiting.get("reason") or ""),
+            waiting_message=str(waiting.get("message") or ""),
+            terminated_reason=str(terminated.get("reason") or ""),
+            exit_code=int(code) if code is not None else None,
+            unschedulable=unschedulable,
+            created=c.parse_time(meta.get("creationTimestamp")),
+            started=c.parse_time(status.get("startTime")),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Create (if absent) the attempt's ConfigMap, NetworkPolicy and Pod."""
+
+    attempt: int
+    engine: str
+    model: str
+    context: int | None
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    grace_seconds: int
+
+
+@dataclass(frozen=True)
+class StorePatch:
+    """Write the whole patch (gzip+base64) into the owned ConfigMap."""
+
+    data: str
+    size: int
+    sha256: str
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A Kubernetes Event on the dispatch (single line)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """For metrics: the dispatch reached a terminal state."""
+
+    succeeded: bool
+    reason: str
+    engine: str
+    model: str
+    duration_seconds: float | None
+
+
+@dataclass(frozen=True)
+class PreflightFailed:
+    reason: str
+
+
+Action = Launch | DeletePod | StorePatch | Emit | Finished | PreflightFailed
+
+
+@dataclass(frozen=True)
+class Step:
+    status: dict[str, Any]
+    actions: tuple[Action, ...] = ()
+    wake_after: float | None = None  # seconds; None: wait for something to change
+
+    def emitted(self) -> list[Emit]:
+        return [a for a in self.actions if isinstance(a, Emit)]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def stage_of(status: Mapping[str, Any] | None) -> Stage:
+    status = status or {}
+    if c.is_finished(status):
+        return "finished"
+    conds = status.get("conditions")
+    if c.is_status(conds, c.ADMITTED, "True"):
+        return "running"
+    if c.is_status(conds, c.ADMITTED, "Unknown"):
+        return "queued"
+    return "entry"
+
+
+class _Draft:
+    """A mutable copy of the status while one decision is made."""
+
+    def __init__(self, d: Dispatch, now: datetime) -> None:
+        self.d = d
+        self.now = now
+        self.status: dict[str, Any] = dict(d.status)
+        self.actions: list[Action] = []
+
+    def cond(self, type_: str, status: c.Status, reason: str, message: str) -> None:
+        self.status["conditions"] = c.set_condition(
+            self.status.get("conditions"),
+            type_,
+            status,
+            reason,
+            message,
+            now=self.now,
+            generation=self.d.generation,
+        )
+
+    def headline(self, reason: str, message: str) -> None:
+        self.status["reason"] = reason
+        self.status["message"] = c.one_line(message)
+
+    def emit(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.actions.append(Emit(type_, reason, c.one_line(message)))
+
+    def finish(self, succeeded: bool, reason: str, message: str, settings: Settings) -> Step:
+        self.cond(c.SUCCEEDED, "True" if succeeded else "False", reason, message)
+        if c.find(self.status.get("conditions"), c.RUNNING) is not None:
+            self.cond(c.RUNNING, "False", "Finished", f"sandbox finished: {reason}")
+        self.headline(reason, message)
+        self.status["finishedAt"] = c.timestamp(self.now)
+        self.status["queuePosition"] = None
+        self.emit("Normal" if succeeded else "Warning", reason, message)
+        started = c.parse_time(self.status.get("startedAt"))
+        self.actions.append(
+            Finished(
+                succeeded=succeeded,
+                reason=reason,
+                engine=str(self.status.get("engine") or self.d.spec.engine or ""),
+                model=str(self.status.get("model") or self.d.spec.model or ""),
+                duration_seconds=(self.now - started).total_seconds() if started else None,
+            )
+        )
+        return self.step(settings)
+
+    def step(self, settings: Settings, wake_after: float | None = None) -> Step:
+        self.status["observedGeneration"] = self.d.generation
+        self.status["phase"] = c.derive_phase(self.status.get("conditions"))
+        status = fit_budget(self.status, settings.status_budget_bytes)
+        return Step(status=status, actions=tuple(self.actions), wake_after=wake_after)
+
+
+def _queue_deadline(d: Dispatch) -> datetime:
+    return d.created + timedelta(seconds=d.spec.timeouts.queue_seconds)
+
+
+def _cancelled_before_start(draft: _Draft, settings: Settings) -> Step:
+    return draft.finish(False, "Cancelled", "cancelled before the sandbox started", settings)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def invalid_spec(d: Dispatch, error: str, now: datetime, settings: Settings) -> Step:
+    """A spec the API models refuse (the emulator and old apiservers skip schema checks)."""
+    draft = _Draft(d, now)
+    return draft.finish(False, "InvalidSpec", f"invalid spec: {error}", settings)
+
+
+def enter(d: Dispatch, gate: GateDecision, check: ModelCheck | None, now: datetime, settings: Settings) -> Step:
+    """Gate, then preflight. ``check`` is None when the gate refused or no model service applies."""
+    draft = _Draft(d, now)
+    if d.spec.cancel:
+        return _cancelled_before_start(draft, settings)
+    if not gate.admit:
+        draft.cond(c.ADMITTED, "False", gate.reason, gate.message)
+        if gate.engine:
+            draft.status["engine"] = gate.engine
+        return draft.finish(False, "NotAdmitted", f"{gate.reason}: {gate.message}", settings)
+    draft.status["engine"] = gate.engine or ""
+    draft.status["model"] = gate.model or d.spec.model or ""
+    if check is None:
+        draft.cond(c.MODEL_READY, "True", "NotApplicable", "no model service to check for this engine")
+    else:
+        draft.status["modelService"] = {
+            "backend": check.backend,
+            "matchedModel": check.matched_model,
+            "context": check.context,
+            "contextSource": check.context_source,
+            "reason": check.reason,
+        }
+        if not check.admit:
+            draft.cond(c.MODEL_READY, "False", check.reason, check.message)
+            if check.retryable and now < _queue_deadline(d):
+                draft.headline(check.reason, check.message)
+                return draft.step(settings, wake_after=settings.preflight_interval)
+            draft.actions.append(PreflightFailed(check.reason))
+            return draft.finish(False, "PreflightFailed", f"{check.reason}: {check.message}", settings)
+        if check.warning:
+            draft.cond(c.MODEL_READY, "True", check.reason, check.warning)
+            draft.emit("Warning", check.reason, check.warning)
+        else:
+            draft.cond(c.MODEL_READY, "True", check.reason, check.message)
+    draft.cond(c.ADMITTED, "Unknown", "Queued", f"{gate.message}; waiting for a free slot")
+    draft.headline("Queued", gate.message)
+    draft.emit("Normal", "Queued", gate.message)
+    return draft.step(settings, wake_after=0)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The queue's answer for this dispatch."""
+
+    admit: bool
+    position: int | None = None
+    waiting: int = 0
+
+
+def queued(d: Dispatch, slot: Slot, now: datetime, settings: Settings, *, context: int | None = None) -> Step:
+    """Wait for a slot; admitted → launch attempt N+1."""
+    draft = _Draft(d, now)
+    if d.spec.cancel:
+        return _cancelled_before_start(draft, settings)
+    deadline = _queue_deadline(d)
+    if now >= deadline and not slot.admit:
+        draft.cond(c.ADMITTED, "False", "QueueTimeout", "no slot within timeouts.queueSeconds")
+        return draft.finish(
+            False,
+            "QueueTimeout",
+            f"still queued (position {slot.position}) {d.spec.timeouts.queue_seconds}s after creation",
+            settings,
+        )
+    if not slot.admit:
+        draft.status["queuePosition"] = slot.position
+        wake = min(settings.queue_poll_interval, max((deadline - now).total_seconds(), 0.0))
+        return draft.step(settings, wake_after=wake)
+    attempt = d.attempt + 1
+    pod = names.pod_name(d.name, attempt)
+    draft.status.update(
+        attempt=attempt,
+        podName=pod,
+        queuePosition=None,
+        admittedAt=c.timestamp(now),
+    )
+    draft.cond(c.ADMITTED, "True", "Admitted", f"slot free; sandbox {pod}")
+    draft.cond(c.RUNNING, "Unknown", "Launching", f"creating pod {pod}")
+    draft.headline("Launching", f"creating pod {pod}")
+    draft.emit("Normal", "Admitted", f"admitted; creating sandbox pod {pod}")
+    engine = str(draft.status.get("engine") or "")
+    model = str(draft.status.get("model") or "")
+    if context is None:
+        context = (draft.status.get("modelService") or {}).get("context")
+    draft.actions.append(Launch(attempt=attempt, engine=engine, model=model, context=context))
+    return draft.step(settings, wake_after=0)
+
+
+def _outcome_reason(outcome: Outcome, timing_out: bool) -> str:
+    if timing_out and outcome == Outcome.CANCELLED:
+        return "TimedOut"  # the operator's backstop stopped it; the runner saw a SIGTERM
+    return outcome.value
+
+
+def _pod_failure(pod: PodView | None, status: Mapping[str, Any]) -> tuple[str, str]:
+    """Why a pod ended without a result record: the pod's own reason when it has one."""
+    if status.get("reason") == "Cancelling":
+        return "Cancelled", "cancelled; the sandbox ended without a result record"
+    if status.get("reason") == "TimingOut":
+        return "TimedOut", "run timeout; the sandbox was stopped without a result record"
+    if pod is None:
+        return "PodFailed", "the sandbox pod disappeared before it printed a result"
+    if pod.terminated_reason == "OOMKilled":
+        return "OOMKilled", f"the sandbox container was OOM-killed (exit {pod.exit_code})"
+    if pod.reason == "Evicted":
+        return "Evicted", f"the sandbox pod was evicted: {pod.message or 'node pressure'}"
+    if pod.reason == "DeadlineExceeded":
+        return "TimedOut", "the sandbox pod exceeded its active deadline"
+    detail = pod.terminated_reason or pod.reason or pod.phase
+    return "PodFailed", f"the sandbox ended ({detail}, exit {pod.exit_code}) without a result record"
+
+
+def running(
+    d: Dispatch,
+    pod: PodView | None,
+    live: LiveState,
+    now: datetime,
+    settings: Settings,
+    *,
+    log_ended: bool,
+) -> Step:
+    """Follow the attempt: mirror the pod, fold progress, end on the result or a failure."""
+    draft = _Draft(d, now)
+    status = draft.status
+    pod_name = str(status.get("podName") or names.pod_name(d.name, max(d.attempt, 1)))
+    run_cond = c.find(status.get("conditions"), c.RUNNING)
+    run_reason = run_cond.get("reason") if run_cond else ""
+    if live.progress is not None or live.events:
+        status.update(progress_fields(live, now))
+    if pod is not None and pod.phase != "Pending" and pod.started and not status.get("startedAt"):
+        status["startedAt"] = c.timestamp(pod.started)  # it ran, even if no look caught it Running
+
+    result = live.result
+    if result is not None:
+        patch_cm = names.patch_name(d.name) if result.patch.data else ""
+        status.update(result_fields(result, settings, patch_cm=patch_cm))
+        if result.patch.data:
+            p = result.patch
+            draft.actions.append(StorePatch(p.data, p.bytes, p.sha256, p.truncated))
+        reason = _outcome_reason(result.outcome, status.get("reason") == "TimingOut")
+        succeeded = result.outcome.succeeded and reason == result.outcome.value
+        return draft.finish(succeeded, reason, result.message, settings)
+
+    cancelling = status.get("reason") == "Cancelling"
+    timing_out = status.get("reason") == "TimingOut"
+    if d.spec.cancel and not cancelling and not timing_out:
+        draft.headline("Cancelling", f"cancel requested; stopping pod {pod_name}")
+        draft.emit("Normal", "Cancelling", f"cancel requested; stopping pod {pod_name}")
+        if pod is None and run_reason == "Launching":
+            return draft.finish(False, "Cancelled", "cancelled before the sandbox started", settings)
+        draft.actions.append(DeletePod(pod_name, settings.cancel_grace_seconds))
+        return draft.step(settings, wake_after=1.0)
+
+    started = c.parse_time(status.get("startedAt"))
+    if started is not None and not cancelling and not timing_out:
+        limit = d.spec.timeouts.run_seconds + settings.run_timeout_slack
+        if (now - started).total_seconds() >= limit:
+            draft.headline("TimingOut", f"run exceeded {d.spec.timeouts.run_seconds}s; stopping {pod_name}")
+            draft.emit("Warning", "TimingOut", f"run exceeded {d.spec.timeouts.run_seconds}s")
+            draft.actions.append(DeletePod(pod_name, settings.cancel_grace_seconds))
+            return draft.step(settings, wake_after=1.0)
+
+    if pod is None:
+        if run_reason == "Launching" and not cancelling:
+            # Restart-safe relaunch: the names are deterministic, create answers 409 if it exists.
+            engine = str(status.get("engine") or "")
+            ctx = (status.get("modelService") or {}).get("context")
+            draft.actions.append(Launch(d.attempt or 1, engine, str(status.get("model") or ""), ctx))
+            return draft.step(settings, wake_after=1.0)
+        if log_ended:
+            reason, message = _pod_failure(None, status)
+            return draft.finish(False, reason, message, settings)
+        return draft.step(settings, wake_after=1.0)
+
+    if pod.ended or pod.deleting:
+        if not log_ended:
+            return draft.step(settings, wake_after=0.5)  # the result record may still be in the log
+        reason, message = _pod_failure(pod, status)
+        return draft.finish(False, reason, message, settings)
+
+    age = (now - pod.created).total_seconds() if pod.created else 0.0
+    if pod.phase == "Pending":
+        if pod.unschedulable and age >= settings.unschedulable_grace_seconds:
+            draft.actions.append(DeletePod(pod_name, 0))
+            return draft.finish(False, "Unschedulable", f"pod {pod_name}: {pod.unschedulable}", settings)
+        if pod.waiting_reason in IMAGE_PULL_REASONS and age >= settings.image_pull_grace_seconds:
+            draft.actions.append(DeletePod(pod_name, 0))
+            msg = f"pod {pod_name}: {pod.waiting_reason}: {pod.waiting_message}"
+            return draft.finish(False, "ImagePullBackOff", msg, settings)
+        if pod.waiting_reason in CONFIG_ERROR_REASONS and age >= settings.image_pull_grace_seconds:
+            draft.actions.append(DeletePod(pod_name, 0))
+            msg = f"pod {pod_name}: {pod.waiting_reason}: {pod.waiting_message}"
+            return draft.finish(False, "PodFailed", msg, settings)
+        detail = pod.unschedulable or pod.waiting_reason or "waiting to start"
+        reason = "Unschedulable" if pod.unschedulable else (pod.waiting_reason or "PodPending")
+        if not cancelling and not timing_out:
+            draft.headline(reason, f"pod {pod_name}: {detail}")
+        draft.cond(c.RUNNING, "Unknown", reason, f"pod {pod_name}: {detail}")
+        return draft.step(settings, wake_after=1.0)
+
+    # Pod running.
+    if not c.is_status(status.get("conditions"), c.RUNNING, "True"):
+        draft.cond(c.RUNNING, "True", "PodRunning", f"pod {pod_name} is running")
+        draft.emit("Normal", "Running", f"sandbox pod {pod_name} is running")
+    if not status.get("startedAt"):
+        status["startedAt"] = c.timestamp(pod.started or now)
+    if not cancelling and not timing_out:
+        stage = live.progress.stage if live.progress else "starting"
+        draft.headline("Running", f"pod {pod_name}: {stage}")
+    return draft.step(settings, wake_after=1.0)
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch from ``old`` to ``new`` status (top-level keys; removed → null)."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch

@@ -1,0 +1,146 @@
+"""Status reduction: runner records → bounded status fields (≤ 32 KiB whatever the run did).
+
+The daemon that follows a pod's log folds every line into a ``LiveState`` (pure, O(1) per
+line in memory: last N events only); ``progress_fields`` and ``result_fields`` turn it into
+status fields and ``fit_budget`` guarantees the size budget of the whole status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from buildstudio.core.conditions import one_line, timestamp
+from buildstudio.core.settings import Settings
+from buildstudio.records import EventRecord, ProgressRecord, ResultRecord, parse_line
+
+EVENT_CHARS = 512
+LAST_TOOL_CHARS = 256
+PROGRESS_MESSAGE_CHARS = 512
+DIFF_MARKER = "\n# … diff truncated: {shown} of {total} bytes shown; the whole patch is in ConfigMap {cm}\n"
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What the operator has read of one attempt's log so far."""
+
+    lines: int = 0
+    malformed: int = 0
+    events_seen: int = 0
+    events: tuple[str, ...] = ()
+    progress: ProgressRecord | None = None
+    result: ResultRecord | None = None
+
+
+def fold_line(state: LiveState, line: str | bytes, *, keep_events: int = 20) -> LiveState:
+    """One log line folded in. Foreign or malformed lines are counted, never fatal."""
+    if not line.strip():
+        return state
+    record = parse_line(line)
+    lines = state.lines + 1
+    if record is None:
+        return replace(state, lines=lines, malformed=state.malformed + 1)
+    if isinstance(record, ProgressRecord):
+        return replace(state, lines=lines, progress=record)
+    if isinstance(record, EventRecord):
+        text = one_line(f"{record.type}: {record.message}", EVENT_CHARS)
+        events = (*state.events, text)[-keep_events:] if keep_events > 0 else ()
+        return replace(state, lines=lines, events=events, events_seen=state.events_seen + 1)
+    return replace(state, lines=lines, result=record)
+
+
+def progress_fields(state: LiveState, now: Any) -> dict[str, Any]:
+    """``status.progress`` and ``status.recentEvents`` from the live state."""
+    fields: dict[str, Any] = {"recentEvents": list(state.events)}
+    rec = state.progress
+    if rec is not None:
+        fields["progress"] = {
+            "stage": one_line(rec.stage, 32),
+            "steps": max(rec.steps, 0),
+            "toolCalls": max(rec.tool_calls, 0),
+            "tokens": max(rec.tokens, 0),
+            "lastTool": one_line(rec.last_tool, LAST_TOOL_CHARS),
+            "message": one_line(rec.message, PROGRESS_MESSAGE_CHARS),
+            "updatedAt": timestamp(now),
+        }
+    return fields
+
+
+def clip_bytes(text: str, limit: int) -> str:
+    """At most ``limit`` UTF-8 bytes, never splitting a character."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore")
+
+
+def diff_excerpt(diff: str, limit: int, *, total: int, patch_cm: str) -> tuple[str, bool]:
+    """The diff cut at a line boundary within ``limit`` bytes, with a marker when cut."""
+    if len(diff.encode()) <= limit and total <= len(diff.encode()):
+        return diff, False
+    cut = clip_bytes(diff, limit)
+    if "\n" in cut and len(cut.encode()) < len(diff.encode()):
+        cut = cut[: cut.rfind("\n") + 1]
+    shown = len(cut.encode())
+    return cut + DIFF_MARKER.format(shown=shown, total=max(total, shown), cm=patch_cm or "-"), True
+
+
+def _cost(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def result_fields(result: ResultRecord, settings: Settings, *, patch_cm: str) -> dict[str, Any]:
+    """The terminal record's summary, diff excerpt and final text, each bounded."""
+    summary = result.summary
+    stat = result.diff_stat
+    total = max(result.diff_bytes, len(result.diff.encode()))
+    excerpt, cut = diff_excerpt(result.diff, settings.diff_excerpt_bytes, total=total, patch_cm=patch_cm)
+    return {
+        "summary": {
+            "steps": summary.steps,
+            "toolCalls": summary.tool_calls,
+            "toolErrors": summary.tool_errors,
+            "filesChanged": stat.files,
+            "tokens": summary.tokens.model_dump(by_alias=True),
+            "cost": _cost(summary.cost),
+            "repairedToolCalls": summary.repaired_tool_calls,
+            "durationSeconds": int(max(result.duration_seconds, 0)),
+        },
+        "diffStat": stat.model_dump(by_alias=True),
+        "diffSummary": f"+{stat.additions}/-{stat.deletions}",
+        "diff": excerpt,
+        "diffBytes": total,
+        "diffTruncated": bool(result.diff_truncated or cut),
+        "patchConfigMap": patch_cm,
+        "finalText": clip_bytes(summary.final_text, settings.final_text_bytes),
+    }
+
+
+def size_of(status: Mapping[str, Any]) -> int:
+    return len(json.dumps(status, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def fit_budget(status: Mapping[str, Any], budget: int) -> dict[str, Any]:
+    """The status shrunk until it fits ``budget`` bytes; cheapest-to-lose content goes first."""
+    out = dict(status)
+    if size_of(out) <= budget:
+        return out
+    if out.get("recentEvents"):
+        out["recentEvents"] = [one_line(e, 160) for e in out["recentEvents"]][-10:]
+    while size_of(out) > budget and out.get("diff"):
+        diff = str(out["diff"])
+        keep = len(diff.encode()) // 2 if len(diff) > 256 else 0
+        out["diff"] = clip_bytes(diff, keep) + ("\n# … diff truncated to fit the status budget\n" if keep else "")
+        out["diffTruncated"] = True
+    if size_of(out) > budget and out.get("finalText"):
+        out["finalText"] = clip_bytes(str(out["finalText"]), 512)
+    if size_of(out) > budget:
+        out["recentEvents"] = []
+    if size_of(out) > budget:
+        out["conditions"] = [
+            {**c, "message": one_line(str(c.get("message", "")), 128)} for c in out.get("conditions") or []
+        ]
+        out["message"] = one_line(str(out.get("message", "")), 256)
+    return out

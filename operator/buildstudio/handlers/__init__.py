@@ -1,0 +1,193 @@
+"""kopf handlers of the Build Studio operator, registered into a registry of the caller's choice.
+
+``build_registry()`` returns a fresh ``kopf.OperatorRegistry`` (tests start several
+operators, each with its own); ``buildstudio operator`` runs it. Handlers only read, call
+``buildstudio.core`` and write.
+
+Where kopf keeps its own state: annotations, never ``status`` (the CRD's status schema is
+structural and would prune kopf's fields): progress and the diff-base both live in
+``buildstudio.dpf.dev/*`` annotations, and the finalizer is ``buildstudio.dpf.dev/finalizer``
+(daemons need one so that they are stopped before the object goes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from buildstudio.core import machine as m
+from buildstudio.core import names
+from buildstudio.core.settings import Settings, from_env
+from buildstudio.gate import EngineState
+from buildstudio.handlers.context import OperatorContext, engine_state, queue_entry
+from buildstudio.handlers.dispatch import DispatchDriver, ignored_spec_changes
+from buildstudio.handlers.engine import engine_loop, seed_engines
+from buildstudio.kube import Kube
+from buildstudio.metrics import serve
+from buildstudio.pins import API_GROUP, API_VERSION
+from buildstudio.preflight.cache import PreflightCache
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+SANDBOX_LABELS = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: "sandbox"}
+DISPATCHES = (API_GROUP, API_VERSION, "builddispatches")
+ENGINES = (API_GROUP, API_VERSION, "buildengines")
+
+
+def needs_daemon(body: kopf.Body, **_: Any) -> bool:
+    """Queued and running dispatches, and finished ones waiting for their TTL."""
+    status = dict(body.get("status") or {})
+    stage = m.stage_of(status)
+    if stage == "finished":
+        return (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
+    return stage != "entry"
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf settings the operator relies on (also applied by tests that build their own)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.posting.level = logging.INFO
+    # Watch only our sandbox pods (server-side selector), not every pod of the cluster.
+    settings.watching.label_selectors["v1", "pods"] = ",".join(f"{k}={v}" for k, v in SANDBOX_LABELS.items())
+
+
+def build_registry(
+    settings: Settings | None = None,
+    *,
+    namespace: str | None = None,
+    registry_path: Path | None = None,
+    kubeconfig: str | None = None,
+    metrics_port: int | None = None,
+    seed: bool = True,
+) -> kopf.OperatorRegistry:
+    """A registry with every handler of the operator. Arguments default to the environment."""
+    registry = kopf.OperatorRegistry()
+    op_settings = settings or from_env()
+    op_namespace = namespace or os.environ.get("BUILDSTUDIO_NAMESPACE") or "default"
+    env_registry = os.environ.get("BUILDSTUDIO_ENGINE_REGISTRY")
+    reg_path = registry_path or (Path(env_registry) if env_registry else None)
+    port = metrics_port
+    if port is None and os.environ.get("BUILDSTUDIO_METRICS_PORT"):
+        port = int(os.environ["BUILDSTUDIO_METRICS_PORT"])
+
+    @kopf.on.login(registry=registry, id="buildstudio-login", errors=kopf.ErrorsMode.IGNORED)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the service account; elsewhere: the kubeconfig ($KUBECONFIG or ~/.kube/config).
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        return info
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
+        configure(settings)
+        ctx = OperatorContext(
+            kube=Kube.from_config(kubeconfig),
+            settings=op_settings,
+            namespace=op_namespace,
+            preflight=PreflightCache(ttl=op_settings.preflight_interval, failure_ttl=5.0),
+            registry_path=reg_path,
+        )
+        memo["ctx"] = ctx
+        if seed:
+            await seed_engines(ctx, logger)
+        if port:
+            serve(port)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: Any, **_: Any) -> None:
+        ctx = memo.get("ctx")
+        if isinstance(ctx, OperatorContext):
+            ctx.kube.close()
+
+    @kopf.on.probe(registry=registry, id="dispatchesQueued")
+    def queued_probe(memo: Any, **_: Any) -> int:
+        ctx = memo.get("ctx")
+        return sum(1 for e in ctx.board.overlay.values() if e.state == "waiting") if ctx else 0
+
+    @kopf.index(*ENGINES, registry=registry, id="engines")
+    def engines(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, EngineState] | None:
+        state = engine_state(name, dict(spec), dict(status))
+        return {name: state} if state is not None else None
+
+    @kopf.index(*DISPATCHES, registry=registry, id="dispatch_queue")
+    def dispatch_queue(
+        namespace: str | None, name: str, meta: kopf.Meta, status: kopf.Status, **_: Any
+    ) -> dict[tuple[str, str], Any]:
+        ns = namespace or ""
+        return {(ns, name): queue_entry(ns, name, dict(meta), dict(status))}
+
+    @kopf.index("v1", "pods", registry=registry, id="sandbox_pods", labels=SANDBOX_LABELS)
+    def sandbox_pods(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], m.PodView]:
+        return {(namespace or "", name): m.PodView.from_pod(body)}
+
+    @kopf.on.create(*DISPATCHES, registry=registry, id="admit")
+    async def admit(body: kopf.Body, memo: Any, logger: Logger, **indexes: Any) -> None:
+        # No finalizer is needed here, so a new dispatch reaches its pod without waiting for one.
+        await DispatchDriver(memo["ctx"], body, logger).enter_once(indexes["engines"], indexes["dispatch_queue"])
+
+    @kopf.on.resume(*DISPATCHES, registry=registry, id="readmit")
+    async def readmit(body: kopf.Body, memo: Any, logger: Logger, **indexes: Any) -> None:
+        await DispatchDriver(memo["ctx"], body, logger).enter_once(indexes["engines"], indexes["dispatch_queue"])
+
+    @kopf.daemon(
+        *DISPATCHES,
+        registry=registry,
+        id="dispatch",
+        when=needs_daemon,
+        backoff=2.0,
+        cancellation_backoff=1.0,
+        cancellation_timeout=5.0,
+    )
+    async def dispatch(body: kopf.Body, memo: Any, logger: Logger, stopped: kopf.DaemonStopped, **indexes: Any) -> None:
+        # Queued, running, or finished with a TTL: the only states that need a loop (and a finalizer).
+        # kopf passes each index as a keyword named after its id.
+        driver = DispatchDriver(memo["ctx"], body, logger, pods=indexes["sandbox_pods"])
+        await driver.run(stopped, indexes["engines"], indexes["dispatch_queue"])
+
+    @kopf.on.update(*DISPATCHES, registry=registry, id="spec_changed")
+    def spec_changed(body: kopf.Body, diff: kopf.Diff, status: kopf.Status, **_: Any) -> None:
+        fields = ignored_spec_changes(diff, m.stage_of(dict(status)))
+        if fields:
+            kopf.warn(
+                body,
+                reason="SpecChangeIgnored",
+                message=f"spec.{', spec.'.join(fields)} changed after admission; the running attempt keeps "
+                "the spec it was admitted with",
+            )
+
+    @kopf.daemon(
+        *ENGINES, registry=registry, id="engine", backoff=5.0, cancellation_backoff=1.0, cancellation_timeout=5.0
+    )
+    async def engine(body: kopf.Body, memo: Any, logger: Logger, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        await engine_loop(memo["ctx"], body, stopped, logger)
+
+    return registry
+
+
+def run_operator(
+    *,
+    namespaces: list[str] | None = None,
+    standalone: bool = True,
+    liveness: str | None = None,
+    peering: str | None = None,
+    priority: int = 0,
+) -> None:
+    """``buildstudio operator``: kopf with this package's registry (blocks until stopped).
+
+    Standalone unless a peering name is given (kopf peering: several replicas, one active).
+    """
+    kopf.run(
+        registry=build_registry(),
+        clusterwide=not namespaces,
+        namespaces=namespaces or (),
+        standalone=standalone and peering is None,
+        peering_name=peering,
+        priority=priority,
+        liveness_endpoint=liveness,
+    )

@@ -1,0 +1,157 @@
+"""The operator's per-process state, built once at start-up and kept in kopf's ``memo``.
+
+Nothing here is a source of truth: every decision reads Kubernetes objects (directly or
+through kopf's indexes); the queue board only closes the gap between a status patch and
+the index seeing it, so two dispatches cannot both take the last slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildstudio.api.engine import BuildEngineSpec
+from buildstudio.core import conditions as c
+from buildstudio.core.admission import Entry, Key, Limits, Plan, plan
+from buildstudio.core.machine import ModelCheck
+from buildstudio.core.settings import Settings
+from buildstudio.gate import EngineState
+from buildstudio.kube import Kube
+from buildstudio.preflight.cache import PreflightCache
+from buildstudio.preflight.observation import Backend, Observation, ProbeTarget
+from buildstudio.preflight.verdict import Reason, Verdict, decide
+
+
+class QueueBoard:
+    """The admission plan over all dispatches, recomputed at most every ``max_age`` seconds."""
+
+    def __init__(self, max_age: float = 0.5) -> None:
+        self.overlay: dict[Key, Entry] = {}
+        self.max_age = max_age
+        self._plan: Plan | None = None
+        self._at = 0.0
+        self._dirty = True
+        self._freed = asyncio.Event()
+
+    def put(self, entry: Entry) -> None:
+        old = self.overlay.get(entry.key)
+        if old != entry:
+            self.overlay[entry.key] = entry
+            self._dirty = True
+            if entry.state == "other" and (old is None or old.state != "other"):
+                self._notify()  # a slot or a place in the queue was freed
+
+    def forget(self, key: Key) -> None:
+        if self.overlay.pop(key, None) is not None:
+            self._dirty = True
+            self._notify()
+
+    def _notify(self) -> None:
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+    async def wait_freed(self, bound: float) -> None:
+        """Sleep until a slot frees or ``bound`` seconds pass (queued dispatches need no polling)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._freed.wait(), timeout=bound)
+
+    def plan(self, indexed: Iterable[Entry], limits: Mapping[str, Limits]) -> Plan:
+        now = time.monotonic()
+        if self._plan is not None and not self._dirty and now - self._at < self.max_age:
+            return self._plan
+        merged = {e.key: e for e in indexed}
+        merged.update(self.overlay)
+        self._plan = plan(merged.values(), limits)
+        self._at = now
+        self._dirty = False
+        return self._plan
+
+
+@dataclass
+class OperatorContext:
+    kube: Kube
+    settings: Settings
+    namespace: str  # the operator's own namespace: probe pods, engine credential Secrets
+    preflight: PreflightCache
+    board: QueueBoard = field(default_factory=QueueBoard)
+    registry_path: Path | None = None
+
+
+def queue_entry(namespace: str, name: str, meta: Mapping[str, Any], status: Mapping[str, Any]) -> Entry:
+    """A dispatch as the queue sees it, from its object (used by the kopf index)."""
+    conds = status.get("conditions")
+    if c.is_finished(status):
+        state = "other"
+    elif c.is_status(conds, c.ADMITTED, "True"):
+        state = "running"
+    elif c.is_status(conds, c.ADMITTED, "Unknown"):
+        state = "waiting"
+    else:
+        state = "other"
+    return Entry(
+        key=(namespace, name),
+        engine=str(status.get("engine") or ""),
+        model=str(status.get("model") or ""),
+        created=str(meta.get("creationTimestamp") or ""),
+        state=state,  # type: ignore[arg-type]  # one of the literals above
+    )
+
+
+def engine_state(name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> EngineState | None:
+    try:
+        parsed = BuildEngineSpec.model_validate(dict(spec))
+    except ValueError:
+        return None
+    return EngineState(name=name, spec=parsed, present=bool(status.get("present")))
+
+
+def limits_of(engines: Iterable[EngineState]) -> dict[str, Limits]:
+    return {e.name: Limits(e.spec.concurrency.max_running, e.spec.concurrency.max_running_per_model) for e in engines}
+
+
+def probe_target(engine: EngineState) -> ProbeTarget | None:
+    ms = engine.spec.model_service
+    if ms is None:
+        return None
+    try:
+        backend = Backend(ms.backend)
+    except ValueError:
+        backend = Backend.AUTO
+    return ProbeTarget(base_url=ms.base_url, backend=backend)
+
+
+def verdict_for(engine: EngineState, model: str, obs: Observation) -> Verdict:
+    entry = engine.model(model)
+    return decide(
+        obs,
+        floor=engine.spec.context_floor,
+        hard_minimum=engine.spec.hard_minimum_context,
+        context_override=entry.context_override if entry else None,
+    )
+
+
+def model_check(verdict: Verdict, obs: Observation) -> ModelCheck:
+    """The preflight's verdict flattened for the state machine."""
+    ctx = obs.context
+    if ctx.allocated_source is not None:
+        source = ctx.allocated_source.value
+    elif verdict.context_for_config is not None:
+        source = "BuildEngine spec.models[].contextOverride"  # the server did not report it
+    else:
+        source = ""
+    return ModelCheck(
+        admit=verdict.admit,
+        reason=verdict.reason.value,
+        message=verdict.message + (f" — {verdict.advice}" if verdict.advice and not verdict.admit else ""),
+        warning=(verdict.message + (f" — {verdict.advice}" if verdict.advice else "")) if verdict.warning else "",
+        retryable=verdict.reason == Reason.ENDPOINT_UNREACHABLE,
+        context=verdict.context_for_config,
+        backend=obs.backend.value if obs.backend is not None else "",
+        matched_model=obs.matched_id or "",
+        context_source=source,
+    )

@@ -1,0 +1,476 @@
+"""BuildDispatch handlers: one daemon per dispatch drives the state machine.
+
+The daemon reads the object (kopf keeps ``body`` live), gathers the observation the current
+stage needs (gate + preflight, queue plan, pod + log), calls ``core.machine`` and writes
+the result: a status merge patch and the actions (children, pod deletion, events,
+metrics). A restarted operator starts a new daemon per dispatch, which resumes from the
+conditions in ``status``; child names are deterministic, so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from buildstudio.api.dispatch import IMMUTABLE_FIELDS, BuildDispatchSpec
+from buildstudio.core import machine as m
+from buildstudio.core import manifests as mf
+from buildstudio.core import names
+from buildstudio.core.conditions import RUNNING, find, parse_time
+from buildstudio.core.status import LiveState, fold_line
+from buildstudio.core.ttl import seconds_until_expiry
+from buildstudio.gate import EngineState, GateDecision, decide, wants_repair
+from buildstudio.handlers.context import (
+    OperatorContext,
+    limits_of,
+    model_check,
+    probe_target,
+    queue_entry,
+    verdict_for,
+)
+from buildstudio.kube import KubeError
+from buildstudio.metrics import QUEUE_LENGTH, record_finished, record_preflight_failure
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+PROGRESS_KEYS = frozenset({"progress", "recentEvents", "message", "reason", "observedGeneration", "phase"})
+LOG_RETRY_SECONDS = 1.0
+POD_RECHECK_SECONDS = 10.0
+QUEUE_RECHECK_SECONDS = 10.0  # queued dispatches wake when a slot frees, else this often
+
+
+def now_utc() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def parse_dispatch(body: Mapping[str, Any]) -> tuple[m.Dispatch | None, str]:
+    """The machine's view of the object, or ``(None, error)`` when the spec is invalid."""
+    meta = body.get("metadata") or {}
+    status = dict(body.get("status") or {})
+    created = parse_time(meta.get("creationTimestamp")) or now_utc()
+    try:
+        spec = BuildDispatchSpec.model_validate(dict(body.get("spec") or {}))
+        error = ""
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        error = f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        spec = BuildDispatchSpec(prompt="-")
+    d = m.Dispatch(
+        name=str(meta.get("name")),
+        namespace=str(meta.get("namespace")),
+        uid=str(meta.get("uid") or ""),
+        generation=meta.get("generation"),
+        created=created,
+        spec=spec,
+        status=status,
+    )
+    return (None, error) if error else (d, "")
+
+
+def ignored_spec_changes(diff: Any, stage: m.Stage) -> list[str]:
+    """Immutable spec fields changed after admission: reported, never applied."""
+    if stage == "entry":
+        return []
+    fields: set[str] = set()
+    for _op, path, _old, _new in diff or ():
+        if len(path) >= 2 and path[0] == "spec" and path[1] in IMMUTABLE_FIELDS:
+            fields.add(str(path[1]))
+        elif len(path) == 1 and path[0] == "spec":
+            fields.update(IMMUTABLE_FIELDS)
+    return sorted(fields)
+
+
+class LogFollower:
+    """Follows one attempt's pod log into a ``LiveState``; re-attaches from the start on errors."""
+
+    def __init__(self, ctx: OperatorContext, namespace: str, pod: str, logger: Logger) -> None:
+        self.ctx = ctx
+        self.namespace = namespace
+        self.pod = pod
+        self.logger = logger
+        self.live = LiveState()
+        self.ended = False
+        self.changed = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"follow {namespace}/{pod}")
+
+    async def _run(self) -> None:
+        keep = self.ctx.settings.recent_events
+        while not self.ended:
+            live = LiveState()
+            try:
+                async for line in self.ctx.kube.follow_log(self.namespace, self.pod):
+                    live = fold_line(live, line, keep_events=keep)
+                    self.live = live
+                    if live.result is not None or live.lines % 20 == 1:
+                        self.changed.set()
+                self.live = live
+                self.ended = True
+                self.changed.set()
+                return
+            except TimeoutError:
+                continue  # a silent stretch: re-attach (the log is re-read from its start)
+            except KubeError as exc:
+                if exc.status == 404 and await self.ctx.kube.get("Pod", self.pod, self.namespace) is None:
+                    self.ended = True  # the pod is gone and so is its log
+                    self.changed.set()
+                    return
+            except Exception as exc:
+                self.logger.debug("log stream of %s broke: %r; re-attaching", self.pod, exc)
+            await asyncio.sleep(LOG_RETRY_SECONDS)
+
+    async def read_whole(self) -> None:
+        """Last resort after the pod ended: read the log once, without following."""
+        try:
+            text = await self.ctx.kube.read_log(self.namespace, self.pod)
+        except KubeError:
+            text = ""
+        live = LiveState()
+        for line in text.splitlines():
+            live = fold_line(live, line, keep_events=self.ctx.settings.recent_events)
+        if live.lines >= self.live.lines:
+            self.live = live
+        self.ended = True
+        self.task.cancel()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+class DispatchDriver:
+    """The loop of one dispatch's daemon."""
+
+    def __init__(
+        self, ctx: OperatorContext, body: kopf.Body, logger: Logger, pods: kopf.Index[Any, Any] | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.pods = pods  # kopf's index of sandbox pods (watch-fed): no GET per look
+        self.body = body
+        self.logger = logger
+        self.status: dict[str, Any] = dict(body.get("status") or {})
+        self.follower: LogFollower | None = None
+        self.last_progress_patch = 0.0
+        self.pod_ended_at: float | None = None
+        self.engines: dict[str, EngineState] = {}
+        self.pod: m.PodView | None = None
+        self.pod_read_at = 0.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (str(self.body.metadata.namespace), str(self.body.metadata.name))
+
+    def view(self) -> tuple[m.Dispatch | None, str]:
+        body = dict(self.body)
+        body["status"] = self.status  # ours is newer than the watch's copy
+        return parse_dispatch(body)
+
+    async def run(
+        self,
+        stopped: kopf.DaemonStopped,
+        engines: kopf.Index[str, EngineState],
+        queue: kopf.Index[tuple[str, str], Any],
+    ) -> None:
+        try:
+            while not stopped:
+                d = await self.parsed()
+                if d is None:
+                    return
+                now = now_utc()
+                stage = m.stage_of(d.status)
+                if stage == "finished":
+                    if not await self.ttl(d, stopped):
+                        return
+                    continue
+                step = await self.decide(d, stage, now, engines, queue)
+                await self.apply(d, step)
+                await self.pause(stopped, step.wake_after)
+        finally:
+            if self.follower is not None:
+                await self.follower.close()
+
+    async def parsed(self) -> m.Dispatch | None:
+        """The dispatch, or None after an invalid spec was written down as terminal."""
+        d, error = self.view()
+        if d is not None:
+            return d
+        now = now_utc()
+        fallback = m.Dispatch(
+            name=self.key[1],
+            namespace=self.key[0],
+            uid=str(self.body.metadata.uid),
+            generation=self.body.metadata.get("generation"),
+            created=now,
+            spec=BuildDispatchSpec(prompt="-"),
+            status=self.status,
+        )
+        if m.stage_of(self.status) != "finished":
+            await self.apply(fallback, m.invalid_spec(fallback, error, now, self.ctx.settings))
+        return None
+
+    async def enter_once(self, engines: kopf.Index[str, EngineState], queue: kopf.Index[tuple[str, str], Any]) -> None:
+        """The fast path of a new dispatch: gate, preflight, queue and (with a free slot) the pod,
+        in one handler call; a retryable preflight failure retries through kopf."""
+        d = await self.parsed()
+        if d is None or m.stage_of(d.status) != "entry":
+            return
+        step = await self.decide(d, "entry", now_utc(), engines, queue)
+        await self.apply(d, step)
+        if m.stage_of(self.status) == "entry":
+            raise kopf.TemporaryError(str(self.status.get("message", "preflight")), delay=step.wake_after or 5.0)
+
+    async def decide(
+        self,
+        d: m.Dispatch,
+        stage: m.Stage,
+        now: datetime,
+        engines: kopf.Index[str, EngineState],
+        queue: kopf.Index[tuple[str, str], Any],
+    ) -> m.Step:
+        settings = self.ctx.settings
+        known = [state for _, store in engines.items() for state in store]
+        self.engines = {e.name: e for e in known}
+        if stage == "entry":
+            gate = decide(known, d.spec)
+            check = await self.preflight(gate, known) if gate.admit else None
+            first = m.enter(d, gate, check, now, settings)
+            if m.stage_of(first.status) != "queued":
+                return first
+            # Straight on to the queue: with a free slot, Queued and Admitted go out in one patch.
+            second = self.queue_step(replace(d, status=first.status), now, known, queue)
+            if any(isinstance(a, m.Launch) for a in second.actions):
+                # Queued and admitted in one go: one event for the one transition users see.
+                first_actions = tuple(a for a in first.actions if not (isinstance(a, m.Emit) and a.reason == "Queued"))
+            else:
+                first_actions = first.actions
+            return replace(second, actions=first_actions + second.actions)
+        if stage == "queued":
+            return self.queue_step(d, now, known, queue)
+        pod_name = str(d.status.get("podName") or names.pod_name(d.name, max(d.attempt, 1)))
+        pod = await self.observe_pod(d, pod_name)
+        log_ended = await self.observe_log(d, pod_name, pod)
+        live = self.follower.live if self.follower is not None else LiveState()
+        return m.running(d, pod, live, now, settings, log_ended=log_ended)
+
+    def queue_step(
+        self,
+        d: m.Dispatch,
+        now: datetime,
+        known: list[EngineState],
+        queue: kopf.Index[tuple[str, str], Any],
+    ) -> m.Step:
+        entry = queue_entry(d.namespace, d.name, self.body.metadata, dict(d.status))
+        self.ctx.board.put(entry)
+        indexed = [e for _, store in queue.items() for e in store]
+        plan = self.ctx.board.plan(indexed, limits_of(known))
+        QUEUE_LENGTH.set(plan.waiting)
+        slot = m.Slot(admit=entry.key in plan.admit, position=plan.positions.get(entry.key))
+        step = m.queued(d, slot, now, self.ctx.settings)
+        if slot.admit:
+            # Taken at once: another daemon planning before our patch lands must see the slot used.
+            self.ctx.board.put(queue_entry(d.namespace, d.name, self.body.metadata, step.status))
+        return step
+
+    async def observe_pod(self, d: m.Dispatch, pod_name: str) -> m.PodView | None:
+        """The pod, read again only when it matters: while its log streams, a running pod is
+        re-read every ``POD_RECHECK_SECONDS`` (the stream's end is what says it stopped)."""
+        loop = asyncio.get_running_loop()
+        if self.pods is not None:
+            store = self.pods.get((d.namespace, pod_name))
+            views = list(store) if store is not None else []
+            if views:
+                self.pod = views[-1]
+                return self.pod
+            # Not in the index: not created yet, just created (the watch lags), or gone. Ask.
+        else:
+            streaming = self.follower is not None and not self.follower.ended and self.follower.pod == pod_name
+            fresh = loop.time() - self.pod_read_at < POD_RECHECK_SECONDS
+            if streaming and fresh and self.pod is not None and self.pod.phase == "Running" and not d.spec.cancel:
+                return self.pod
+        obj = await self.ctx.kube.get("Pod", pod_name, d.namespace)
+        self.pod = m.PodView.from_pod(obj) if obj is not None else None
+        self.pod_read_at = loop.time()
+        return self.pod
+
+    async def observe_log(self, d: m.Dispatch, pod_name: str, pod: m.PodView | None) -> bool:
+        """Start following once the container ran; say whether the log is complete."""
+        loop = asyncio.get_running_loop()
+        if self.follower is None or self.follower.pod != pod_name:
+            if pod is None or pod.phase == "Pending":
+                return pod is None and self.follower is None and self._pod_was_seen()
+            self.follower = LogFollower(self.ctx, d.namespace, pod_name, self.logger)
+            await asyncio.sleep(0)
+        if self.follower.ended:
+            return True
+        if pod is None or pod.ended or pod.deleting:
+            self.pod_ended_at = self.pod_ended_at or loop.time()
+            if loop.time() - self.pod_ended_at >= self.ctx.settings.result_grace_seconds:
+                if pod is not None:
+                    await self.follower.read_whole()
+                return True
+        return False
+
+    def _pod_was_seen(self) -> bool:
+        cond = find(self.status.get("conditions"), RUNNING)
+        return cond is not None and cond.get("reason") != "Launching"
+
+    async def preflight(self, gate: GateDecision, engines: list[EngineState]) -> m.ModelCheck | None:
+        engine = next((e for e in engines if e.name == gate.engine), None)
+        if engine is None or gate.model is None:
+            return None
+        target = probe_target(engine)
+        if target is None:
+            return None  # cloud engine: no model service of ours to check
+        obs = await self.ctx.preflight.get(target, gate.model)
+        return model_check(verdict_for(engine, gate.model, obs), obs)
+
+    async def apply(self, d: m.Dispatch, step: m.Step) -> None:
+        """Write one step. The patch ConfigMap exists before a status names it; pods, events and
+        metrics follow the status (a crash in between relaunches by the deterministic pod name)."""
+        first = (m.StorePatch, m.DeletePod)
+        for action in step.actions:
+            if isinstance(action, first):
+                await self.act(d, action)
+        launch = next((a for a in step.actions if isinstance(a, m.Launch)), None)
+        if launch is None:
+            await self.write_status(d, step)
+        else:
+            # The status (Admitted, Launching) and the pod's ConfigMap and NetworkPolicy together;
+            # the pod only after all three exist.
+            pod, _ = await asyncio.gather(self.prepare_launch(d, launch), self.write_status(d, step))
+            await self.ctx.kube.create(pod)
+        for action in step.actions:
+            if not isinstance(action, (*first, m.Launch)):
+                await self.act(d, action)
+
+    async def write_status(self, d: m.Dispatch, step: m.Step) -> None:
+        patch = m.status_patch(self.status, step.status)
+        if not patch:
+            return
+        loop = asyncio.get_running_loop()
+        only_progress = set(patch) <= PROGRESS_KEYS and "conditions" not in patch
+        if only_progress and loop.time() - self.last_progress_patch < self.ctx.settings.status_patch_interval:
+            return  # throttled: the next non-progress change or interval carries it
+        updated = await self.ctx.kube.merge_patch("BuildDispatch", d.name, d.namespace, patch, status=True)
+        self.status = dict(updated.get("status") or step.status)
+        self.last_progress_patch = loop.time()
+        # The board knows at once (the index only after the watch event) that a slot is taken or free.
+        self.ctx.board.put(queue_entry(d.namespace, d.name, self.body.metadata, self.status))
+
+    async def act(self, d: m.Dispatch, action: m.Action) -> None:
+        kube = self.ctx.kube
+        if isinstance(action, m.Emit):
+            kopf.event(self.body, type=action.type, reason=action.reason, message=action.message)
+        elif isinstance(action, m.Launch):
+            await kube.create(await self.prepare_launch(d, action))
+        elif isinstance(action, m.DeletePod):
+            await kube.delete("Pod", action.name, d.namespace, grace_seconds=action.grace_seconds)
+        elif isinstance(action, m.StorePatch):
+            owner = mf.Owner(name=d.name, uid=d.uid, namespace=d.namespace)
+            cm = mf.patch_config_map(
+                owner,
+                action.data,
+                size=action.size,
+                sha256=action.sha256,
+                truncated=action.truncated,
+                cap_bytes=self.ctx.settings.patch_cap_bytes,
+            )
+            await kube.create(cm)
+        elif isinstance(action, m.Finished):
+            record_finished(action.engine, action.model, action.reason, action.duration_seconds)
+        elif isinstance(action, m.PreflightFailed):
+            record_preflight_failure(action.reason)
+
+    async def prepare_launch(self, d: m.Dispatch, action: m.Launch) -> dict[str, Any]:
+        """Create the attempt's ConfigMap and NetworkPolicy (if absent); the pod manifest to create."""
+        engine = self.engine(action.engine)
+        if engine is None:
+            raise kopf.TemporaryError(f"engine {action.engine!r} is not known yet", delay=2)
+        spec = engine.spec
+        base_url = spec.model_service.base_url if spec.model_service else ""
+        owner = mf.Owner(name=d.name, uid=d.uid, namespace=d.namespace)
+        runner, config = mf.sandbox_files(
+            d.spec,
+            model=action.model,
+            base_url=base_url,
+            context=action.context,
+            relay=wants_repair(engine, action.model),
+        )
+        defaults = self.ctx.settings.sandbox
+        credential = None
+        if spec.credential is not None:
+            credential = mf.SecretKey(spec.credential.secret_ref.name, spec.credential.secret_ref.key)
+        repo_creds = None
+        if d.spec.repo is not None and d.spec.repo.credentials_secret is not None:
+            ref = d.spec.repo.credentials_secret
+            repo_creds = mf.SecretKey(ref.name, ref.key)
+        request = mf.SandboxRequest(
+            owner=owner,
+            attempt=action.attempt,
+            engine=mf.EngineRuntime(
+                name=engine.name,
+                engine=spec.engine,
+                endpoint=spec.endpoint,
+                image=spec.image or None,
+                credential=credential,
+                credential_env=spec.credential.env if spec.credential else None,
+            ),
+            repo_url=d.spec.repo.url if d.spec.repo else "",
+            model_base_url=base_url,
+            sandbox=d.spec.sandbox.to_api() if d.spec.sandbox else {},
+            repo_credentials=repo_creds,
+        )
+        # The egress policy exists before the pod, so the sandbox never runs unrestricted.
+        await asyncio.gather(
+            self.ctx.kube.create(mf.config_map(owner, runner, config)),
+            self.ctx.kube.create(mf.egress_policy(owner, base_url, request.repo_url, defaults)),
+        )
+        return mf.sandbox_pod(request, defaults)
+
+    def engine(self, name: str) -> EngineState | None:
+        return self.engines.get(name)
+
+    async def pause(self, stopped: kopf.DaemonStopped, wake_after: float | None) -> None:
+        """Sleep until the next look, waking early when the log brings news."""
+        delay = 1.0 if wake_after is None else max(wake_after, 0.0)
+        if delay == 0:
+            await asyncio.sleep(0)
+            return
+        if m.stage_of(self.status) == "queued":
+            created = parse_time(self.body.metadata.get("creationTimestamp")) or now_utc()
+            d, _ = self.view()
+            queue_seconds = d.spec.timeouts.queue_seconds if d is not None else 3600
+            left = (created - now_utc()).total_seconds() + queue_seconds
+            await self.ctx.board.wait_freed(min(QUEUE_RECHECK_SECONDS, max(left, 0.05)))
+            return
+        follower = self.follower
+        if follower is not None and not follower.ended:
+            follower.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(follower.changed.wait(), timeout=delay)
+            return
+        await stopped.wait(delay)
+
+    async def ttl(self, d: m.Dispatch, stopped: kopf.DaemonStopped) -> bool:
+        """Delete the dispatch when its TTL expires; ``False`` when there is nothing left to do."""
+        remaining = seconds_until_expiry(d.status, d.spec.ttl_seconds_after_finished, now_utc())
+        self.ctx.board.forget(self.key)
+        if self.follower is not None:
+            await self.follower.close()
+            self.follower = None
+        if remaining is None:
+            return False
+        if remaining > 0:
+            await stopped.wait(min(remaining, 300.0))
+            return not stopped
+        kopf.event(self.body, type="Normal", reason="Expired", message="ttlSecondsAfterFinished elapsed; deleting")
+        await self.ctx.kube.delete("BuildDispatch", d.name, d.namespace)
+        return False

@@ -1,0 +1,295 @@
+"""The Kubernetes adapter: raw-dict REST calls through the ``kubernetes`` 37 sync client.
+
+Why this shape: the ``kubernetes`` client handles kubeconfig, in-cluster auth and TLS; its
+typed models are skipped (``param_serialize`` + ``call_api`` with plain dicts), which keeps
+objects exactly as the API sent them and avoids client-side validation of manifests. Every
+call runs in this adapter's own thread pool (never on kopf's event loop, never starving the
+default executor) and carries an explicit ``_request_timeout``. Pod logs are followed by a
+dedicated daemon thread per stream, handed to the loop line by line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from buildstudio.pins import API_GROUP, API_VERSION
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+JSON = "application/json"
+# Only metadata comes back: a Secret's value is never read into this process.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, body: str = "") -> None:
+        super().__init__(f"{status} {reason}: {body[:300]}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+
+@dataclass(frozen=True)
+class Kind:
+    prefix: str  # /api/v1 or /apis/<group>/<version>
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        out = self.prefix
+        if self.namespaced:
+            if not namespace:
+                raise ValueError(f"{self.plural} are namespaced: a namespace is required")
+            out += f"/namespaces/{urllib.parse.quote(namespace)}"
+        out += f"/{self.plural}"
+        if name:
+            out += f"/{urllib.parse.quote(name)}"
+        if sub:
+            out += f"/{sub}"
+        return out
+
+
+CRD_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"
+KINDS: dict[str, Kind] = {
+    "Pod": Kind("/api/v1", "pods"),
+    "ConfigMap": Kind("/api/v1", "configmaps"),
+    "Secret": Kind("/api/v1", "secrets"),
+    "Event": Kind("/api/v1", "events"),
+    "NetworkPolicy": Kind("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "BuildDispatch": Kind(CRD_PREFIX, "builddispatches"),
+    "BuildEngine": Kind(CRD_PREFIX, "buildengines", namespaced=False),
+}
+
+
+def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 32) -> k8s_client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (``KUBECONFIG``/default)."""
+    configuration = k8s_client.Configuration()
+    try:
+        if kubeconfig is not None:
+            raise k8s_config.ConfigException("explicit kubeconfig")
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        # Read KUBECONFIG now: the client's default is frozen when it is imported.
+        path = kubeconfig or os.environ.get("KUBECONFIG") or None
+        k8s_config.load_kube_config(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = pool_size
+    return k8s_client.ApiClient(configuration)
+
+
+class Kube:
+    """Async facade over the sync client. Objects in and out are plain dicts."""
+
+    def __init__(self, api: k8s_client.ApiClient, *, timeout: float = 10.0, workers: int = 16) -> None:
+        self.api = api
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+
+    @classmethod
+    def from_config(cls, kubeconfig: str | None = None, *, timeout: float = 10.0) -> Kube:
+        return cls(load_api_client(kubeconfig), timeout=timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api.close()  # type: ignore[no-untyped-call]
+
+    # ------------------------------------------------------------ raw calls
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = JSON,
+        accept: str = JSON,
+        timeout: float | tuple[float, float] | None = None,
+    ) -> Any:
+        params = [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in (query or {}).items()]
+        _method, url, headers, payload, _post = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=params,
+            header_params={"Content-Type": content_type, "Accept": accept},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        return self.api.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=timeout or self.timeout
+        )
+
+    def _json(self, method: str, path: str, **kw: Any) -> Obj:
+        resp = self._send(method, path, **kw)
+        data = resp.read()
+        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data or "")
+        if not 200 <= resp.status <= 299:
+            raise KubeError(resp.status, str(resp.reason), text)
+        parsed = json.loads(text) if text else {}
+        return parsed if isinstance(parsed, dict) else {"items": parsed}
+
+    async def call(self, method: str, path: str, **kw: Any) -> Obj:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: self._json(method, path, **kw))
+
+    # ------------------------------------------------------------ objects
+
+    @staticmethod
+    def path_of(obj: Mapping[str, Any], *, sub: str | None = None, with_name: bool = True) -> str:
+        kind = KINDS[str(obj["kind"])]
+        meta = obj.get("metadata") or {}
+        return kind.path(meta.get("namespace"), meta.get("name") if with_name else None, sub)
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
+        try:
+            return await self.call("GET", KINDS[kind].path(namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(self, kind: str, namespace: str | None = None, *, label_selector: str | None = None) -> list[Obj]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        found = await self.call("GET", KINDS[kind].path(namespace), query=query)
+        return list(found.get("items") or [])
+
+    async def create(self, obj: Mapping[str, Any]) -> tuple[Obj, bool]:
+        """Create if absent: ``(object, True)``; when it exists (409), ``(existing, False)``."""
+        try:
+            return await self.call("POST", self.path_of(obj, with_name=False), body=dict(obj)), True
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        meta = obj.get("metadata") or {}
+        existing = await self.get(str(obj["kind"]), str(meta["name"]), meta.get("namespace"))
+        if existing is None:  # deleted between the 409 and the read: let the caller retry
+            raise KubeError(409, "Conflict", "object vanished after a conflict")
+        return existing, False
+
+    async def merge_patch(
+        self, kind: str, name: str, namespace: str | None, patch: Mapping[str, Any], *, status: bool = False
+    ) -> Obj:
+        """JSON merge patch; ``status=True`` sends ``{"status": patch}`` to the status subresource."""
+        path = KINDS[kind].path(namespace, name, "status" if status else None)
+        body = {"status": dict(patch)} if status else dict(patch)
+        return await self.call("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+    async def delete(
+        self, kind: str, name: str, namespace: str | None = None, *, grace_seconds: int | None = None
+    ) -> bool:
+        """Delete; ``False`` when it was already gone. Children go in the background (GC)."""
+        body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        try:
+            await self.call("DELETE", KINDS[kind].path(namespace, name), body=body)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def exists_metadata_only(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Existence without reading the object's content (Secrets: the value stays unread)."""
+        path = KINDS[kind].path(namespace, name)
+
+        def probe() -> bool:
+            resp = self._send("GET", path, accept=METADATA_ONLY)
+            resp.response.release_conn()  # the body is dropped unread
+            if resp.status == 404:
+                return False
+            if 200 <= resp.status <= 299:
+                return True
+            raise KubeError(resp.status, str(resp.reason))
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, probe)
+
+    # ------------------------------------------------------------ logs
+
+    async def read_log(self, namespace: str, pod: str, *, limit_bytes: int = 4 * 1024 * 1024) -> str:
+        path = KINDS["Pod"].path(namespace, pod, "log")
+
+        def read() -> str:
+            resp = self._send("GET", path, query={"limitBytes": limit_bytes}, accept="*/*")
+            data = resp.read()
+            text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+            if not 200 <= resp.status <= 299:
+                raise KubeError(resp.status, str(resp.reason), text)
+            return text
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, read)
+
+    async def follow_log(self, namespace: str, pod: str, *, idle_timeout: float = 120.0) -> AsyncIterator[str]:
+        """The pod's log from its start, line by line, until the stream ends.
+
+        A dedicated daemon thread reads the stream (a follow can last for the whole run);
+        ``idle_timeout`` bounds the silence between chunks, after which this raises
+        ``TimeoutError`` and the caller re-attaches.
+        """
+        path = KINDS["Pod"].path(namespace, pod, "log")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        resp_box: list[Any] = []
+
+        def put(item: bytes | BaseException | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def pump() -> None:
+            try:
+                resp = self._send(
+                    "GET", path, query={"follow": True}, accept="*/*", timeout=(self.timeout, idle_timeout)
+                )
+                resp_box.append(resp)
+                if not 200 <= resp.status <= 299:
+                    body = resp.read()
+                    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+                    put(KubeError(resp.status, str(resp.reason), text))
+                    return
+                buf = b""
+                for chunk in resp.response.stream(16384, decode_content=True):
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        put(line)
+                if buf:
+                    put(buf)
+                put(None)
+            except BaseException as exc:  # handed to the loop: timeouts, resets, closed streams
+                put(exc)
+
+        thread = threading.Thread(target=pump, name=f"log-{namespace}-{pod}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    if "Read timed out" in str(item) or isinstance(item, TimeoutError):
+                        raise TimeoutError(f"no log output from {namespace}/{pod} for {idle_timeout}s") from item
+                    raise item
+                yield item.decode("utf-8", errors="replace")
+        finally:
+            if resp_box:
+                # Unblocks the pump thread's read when the consumer stops early.
+                await loop.run_in_executor(self._pool, _close_quietly, resp_box[0])
+
+
+def _close_quietly(resp: Any) -> None:
+    with contextlib.suppress(Exception):
+        resp.response.shutdown()
+    with contextlib.suppress(Exception):
+        resp.response.close()

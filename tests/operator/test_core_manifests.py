@@ -1,0 +1,179 @@
+"""Sandbox manifests: hardened, owned, deterministic; pinned by golden YAML.
+
+Regenerate the golden files after an intended change with ``BUILDSTUDIO_UPDATE_GOLDEN=1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from buildstudio.api.dispatch import BuildDispatchSpec
+from buildstudio.core import manifests as mf
+from buildstudio.core.settings import SandboxDefaults
+from buildstudio.runner.spec import RunnerSpec
+
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
+OWNER = mf.Owner(name="fix-1", uid="0b0e5a4c-1111-4222-8333-444455556666", namespace="dev")
+LOCAL = mf.EngineRuntime(name="opencode", endpoint="local")
+D = SandboxDefaults()
+
+
+def req(**kw: Any) -> mf.SandboxRequest:
+    base: dict[str, Any] = dict(
+        owner=OWNER,
+        attempt=1,
+        engine=LOCAL,
+        repo_url="https://github.com/o/r.git",
+        model_base_url="http://ollama.models.svc:11434/v1",
+    )
+    base.update(kw)
+    return mf.SandboxRequest(**base)
+
+
+def golden(name: str, obj: Any) -> None:
+    path = GOLDEN / name
+    text = yaml.safe_dump(obj, sort_keys=False)
+    if os.environ.get("BUILDSTUDIO_UPDATE_GOLDEN") or not path.exists():
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from the golden file"
+
+
+def test_pod_is_restricted_owned_and_gpu_affine_without_gpu_request() -> None:
+    pod = mf.sandbox_pod(req(), D)
+    golden("sandbox-pod.yaml", pod)
+    spec = pod["spec"]
+    meta = pod["metadata"]
+    assert meta["name"] == "fix-1-1" and meta["namespace"] == "dev"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "buildstudio.dpf.dev/v1alpha1",
+            "kind": "BuildDispatch",
+            "name": "fix-1",
+            "uid": OWNER.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "buildstudio"
+    assert meta["labels"]["buildstudio.dpf.dev/dispatch"] == "fix-1"
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False and spec["terminationGracePeriodSeconds"] == 30
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 65532
+    (c,) = spec["containers"]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert "ephemeral-storage" in c["resources"]["limits"]
+    assert all(v["emptyDir"]["sizeLimit"] for v in spec["volumes"] if "emptyDir" in v)
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/etc/buildstudio", "/workspace", "/home/runner", "/tmp"}
+    pref = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pref[0]["preference"]["matchExpressions"][0]["key"] == "nvidia.com/gpu.present"
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert not any("valueFrom" in e for e in c["env"])  # a local engine's pod sees no secret
+
+
+def test_overrides_gpu_request_selector_and_runtime_class() -> None:
+    sandbox = {
+        "gpu": True,
+        "nodeSelector": {"pool": "a"},
+        "runtimeClassName": "gvisor",
+        "resources": {"limits": {"memory": "8Gi"}},
+        "image": "my/sandbox:1",
+    }
+    spec = mf.sandbox_pod(req(sandbox=sandbox), D)["spec"]
+    (c,) = spec["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["resources"]["limits"]["memory"] == "8Gi"
+    assert spec["nodeSelector"] == {"pool": "a"} and "affinity" not in spec
+    assert spec["runtimeClassName"] == "gvisor" and c["image"] == "my/sandbox:1"
+    required = mf.sandbox_pod(req(), SandboxDefaults(gpu_affinity="required"))["spec"]["affinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in required["nodeAffinity"]
+
+
+def test_cloud_engine_gets_credential_by_reference_only() -> None:
+    cloud = mf.EngineRuntime(
+        name="claude",
+        engine="claude",
+        endpoint="cloud",
+        credential=mf.SecretKey("anthropic", "key"),
+        credential_env="ANTHROPIC_API_KEY",
+    )
+    env = mf.sandbox_pod(req(engine=cloud), D)["spec"]["containers"][0]["env"]
+    assert {"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "anthropic", "key": "key"}}} in env
+
+
+@pytest.mark.parametrize(
+    ("url", "peer"),
+    [
+        ("http://10.0.0.7:8000/v1", mf.Peer(port=8000, cidr="10.0.0.7/32")),
+        ("http://ollama.models.svc:11434/v1", mf.Peer(port=None, namespace="models")),
+        ("http://ollama.models:11434/v1", mf.Peer(port=None, namespace="models")),
+        ("http://ollama.models.svc.cluster.local:11434/v1", mf.Peer(port=None, namespace="models")),
+        ("https://llm.example.com/v1", mf.Peer(port=443)),
+        ("http://127.0.0.1:12434/engines/v1", None),
+    ],
+)
+def test_model_service_peer(url: str, peer: mf.Peer | None) -> None:
+    assert mf.model_service_peer(url) == peer
+
+
+def test_git_ports() -> None:
+    assert mf.git_port("https://github.com/o/r.git") == 443
+    assert mf.git_port("git@github.com:o/r.git") == 22
+    assert mf.git_port("git://host/r") == 9418
+    assert mf.git_port("ssh://git@host:2222/r") == 2222
+
+
+def test_egress_policy() -> None:
+    pol = mf.egress_policy(OWNER, "http://ollama.models.svc:11434/v1", "https://github.com/o/r.git", D)
+    golden("egress-networkpolicy.yaml", pol)
+    egress = pol["spec"]["egress"]
+    assert egress[0]["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert egress[1] == {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}}}]}
+    assert egress[2] == {"ports": [{"protocol": "TCP", "port": 443}]}
+    assert pol["spec"]["podSelector"]["matchLabels"]["buildstudio.dpf.dev/dispatch"] == "fix-1"
+
+
+def test_config_map_carries_a_valid_runner_spec_and_opencode_config() -> None:
+    spec = BuildDispatchSpec.model_validate(
+        {"prompt": "fix it", "repo": {"url": "https://github.com/o/r.git"}, "model": "qwen3-coder", "stepBudget": 40}
+    )
+    runner, config = mf.sandbox_files(
+        spec, model="qwen3-coder", base_url="http://ollama.models.svc:11434/v1", context=32768, relay=True
+    )
+    cm = mf.config_map(OWNER, runner, config)
+    golden("config-configmap.yaml", cm)
+    import json
+
+    parsed = RunnerSpec.model_validate(json.loads(cm["data"]["runner.json"]))
+    assert parsed.prompt == "fix it" and parsed.context_limit == 32768 and parsed.limits.step_budget == 40
+    assert parsed.relay is True and parsed.output_limit == 8192
+    oc = json.loads(cm["data"]["opencode.json"])
+    assert oc["provider"]["local"]["models"]["qwen3-coder"]["limit"] == {"context": 32768, "output": 8192}
+
+
+def test_patch_config_map_holds_gzip_and_marks_truncation() -> None:
+    data = base64.b64encode(gzip.compress(b"+hello\n")).decode()
+    cm = mf.patch_config_map(OWNER, data, size=7, sha256="ab", truncated=False, cap_bytes=1024)
+    assert gzip.decompress(base64.b64decode(cm["binaryData"]["patch.gz"])) == b"+hello\n"
+    assert cm["metadata"]["annotations"]["buildstudio.dpf.dev/patch-truncated"] == "false"
+    big = base64.b64encode(os.urandom(4096)).decode()
+    cm = mf.patch_config_map(OWNER, big, size=9999, sha256="cd", truncated=False, cap_bytes=1024)
+    assert "binaryData" not in cm and "exceeds the 1024-byte cap" in cm["data"]["TRUNCATED"]
+    assert cm["metadata"]["annotations"]["buildstudio.dpf.dev/patch-truncated"] == "true"
+
+
+def test_probe_pod_is_hardened_and_short() -> None:
+    owner = mf.Owner(name="opencode", uid="u-e", namespace="buildstudio-system", kind="BuildEngine")
+    pod = mf.probe_pod(owner, "img:1", ["opencode", "--version"], "abcdef0123456789", D)
+    golden("probe-pod.yaml", pod)
+    assert pod["spec"]["activeDeadlineSeconds"] == 120
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "BuildEngine"

@@ -1,0 +1,98 @@
+"""Pure helpers of the handlers (no Kubernetes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from buildstudio.api.engine import BuildEngineSpec
+from buildstudio.core.admission import Entry, Limits
+from buildstudio.gate import EngineState
+from buildstudio.handlers.context import QueueBoard, queue_entry
+from buildstudio.handlers.dispatch import ignored_spec_changes, parse_dispatch
+from buildstudio.handlers.engine import merge_patch_between, needs_probe, parse_version, probe_plan
+
+T0 = datetime(2026, 11, 25, 10, tzinfo=UTC)
+SPEC = BuildEngineSpec.model_validate(
+    {
+        "engine": "opencode",
+        "endpoint": "local",
+        "version": "1.18.33",
+        "command": ["opencode", "run"],
+        "modelService": {"baseURL": "http://m:1/v1"},
+        "models": [{"id": "q", "tier": "strong"}],
+    }
+)
+
+
+def test_spec_changes_after_admission_are_reported() -> None:
+    diff = [("change", ("spec", "prompt"), "a", "b"), ("change", ("spec", "cancel"), False, True)]
+    assert ignored_spec_changes(diff, "entry") == []
+    assert ignored_spec_changes(diff, "running") == ["prompt"]
+    assert ignored_spec_changes([("change", ("spec", "ttlSecondsAfterFinished"), 1, 2)], "queued") == []
+
+
+def test_parse_dispatch_reports_invalid_spec() -> None:
+    body = {
+        "metadata": {
+            "name": "d",
+            "namespace": "n",
+            "uid": "u",
+            "generation": 2,
+            "creationTimestamp": "2026-11-25T10:00:00Z",
+        },
+        "spec": {"prompt": "x", "timeouts": {"runSeconds": 1}},
+    }
+    d, error = parse_dispatch(body)
+    assert d is None and "runSeconds" in error
+    body["spec"] = {"prompt": "x", "repo": {"url": "https://g/r.git"}}
+    d, error = parse_dispatch(body)
+    assert d is not None and d.created == T0 and d.generation == 2 and error == ""
+
+
+def test_merge_patch_between_removes_and_changes() -> None:
+    old = {"a": 1, "b": {"c": 1, "d": 2}, "gone": True}
+    new = {"a": 1, "b": {"c": 3}, "added": [1]}
+    assert merge_patch_between(old, new) == {"b": {"c": 3, "d": None}, "added": [1], "gone": None}
+
+
+def test_probe_once_per_image_and_generation() -> None:
+    engine = EngineState("opencode", SPEC, present=False)
+    image, command, fp = probe_plan(engine, 1, "img:1")
+    assert command == ["opencode", "--version"] and image == "img:1"
+    assert probe_plan(engine, 2, "img:1")[2] != fp
+    done = {
+        "present": True,
+        "presence": {
+            "method": "probe-pod",
+            "image": "img:1",
+            "observedGeneration": 1,
+            "checkedAt": "2026-11-25T10:00:00Z",
+        },
+    }
+    assert not needs_probe(done, 1, "img:1", T0)
+    assert needs_probe(done, 2, "img:1", T0) and needs_probe(done, 1, "img:2", T0)
+    failed = {**done, "present": False}
+    assert not needs_probe(failed, 1, "img:1", T0 + timedelta(seconds=10))
+    assert needs_probe(failed, 1, "img:1", T0 + timedelta(seconds=301))
+    assert parse_version("opencode 1.18.33\n") == "1.18.33"
+
+
+def test_queue_board_overlay_wins_over_a_lagging_index() -> None:
+    board = QueueBoard(max_age=0)
+    running = queue_entry(
+        "n",
+        "a",
+        {"creationTimestamp": "1"},
+        {"engine": "e", "model": "m", "conditions": [{"type": "Admitted", "status": "True"}]},
+    )
+    waiting = queue_entry(
+        "n",
+        "b",
+        {"creationTimestamp": "2"},
+        {"engine": "e", "model": "m", "conditions": [{"type": "Admitted", "status": "Unknown"}]},
+    )
+    assert running.state == "running" and waiting.state == "waiting"
+    stale = Entry(key=("n", "a"), engine="e", model="m", created="1", state="waiting")  # the index lags
+    board.put(running)
+    plan = board.plan([stale, waiting], {"e": Limits(1, 1)})
+    assert plan.admit == frozenset() and plan.positions == {("n", "b"): 1}
