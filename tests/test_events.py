@@ -12,7 +12,7 @@ import pytest
 
 from buildstudio import events
 from buildstudio.events import LineSplitter, StreamFolder, error_name, error_status, fold_lines, iter_lines
-from buildstudio.records import RunSummary, parse_line
+from buildstudio.records import EventRecord, RunSummary, parse_line
 
 FIXTURES = Path(__file__).parent / "fixtures" / "opencode"
 WS = "/workspace"
@@ -350,6 +350,37 @@ def test_iter_lines_from_file_and_chunks() -> None:
     splitter = LineSplitter(max_line_bytes=10)
     assert list(iter_lines([b"short\n", b"x" * 50, b"\nend"], splitter=splitter)) == [b"short", b"end"]
     assert splitter.overlong == 1
+
+
+def test_records_are_plain_event_records() -> None:
+    """Records are built without validation; they must still equal validated ones in every way."""
+    assert events._record is events._record_unchecked  # the import-time check passed with this pydantic
+    _, records = fold_fixture("tools-read-edit-error-bash.jsonl")
+    assert records
+    for rec in records:
+        validated = EventRecord(type=rec.type, message=rec.message, ts=rec.ts)
+        assert type(rec) is EventRecord and rec == validated
+        assert rec.model_fields_set == validated.model_fields_set
+        assert rec.model_dump_json(by_alias=True) == validated.model_dump_json(by_alias=True)
+    rec = records[0]
+    rec.message = "changed"  # the runner's writer reassigns messages
+    assert parse_line(rec.model_dump_json(by_alias=True)) == EventRecord(type=rec.type, message="changed", ts=rec.ts)
+
+
+def test_fold_lines_without_records_folds_alike() -> None:
+    """fold_lines skips building records; its summary is the one of feeding the lines one by one."""
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        lines = path.read_bytes().splitlines()
+        by_line = StreamFolder(WS)
+        for line in lines:
+            by_line.feed(line)
+        folded = fold_lines(lines, WS)
+        assert folded.summary == by_line.summary, path.name
+        assert (folded.terminal, folded.compaction_cycles, folded.unknown_finish_streak) == (
+            by_line.terminal,
+            by_line.compaction_cycles,
+            by_line.unknown_finish_streak,
+        ), path.name
 
 
 async def test_usable_from_asyncio_stream() -> None:

@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import pathlib
+import tempfile
 from typing import Any, cast
 
 import kmock
@@ -102,6 +103,10 @@ def test_pod_paths_env_and_volumes() -> None:
                                                     {"name": "work", "mountPath": "/work"}]},
                                   {"tmp": "/tmp/t/volumes/tmp", "work": "/tmp/t/volumes/work"})
     assert pods.map_paths("/work/x:/tmp/y", under_tmp) == "/tmp/t/volumes/work/x:/tmp/t/volumes/tmp/y"
+    # A host path that exists (a checkout under /tmp running the test's interpreter) stays as it is.
+    with tempfile.NamedTemporaryFile(dir="/tmp") as host_file:
+        assert pods.map_paths(host_file.name, under_tmp) == host_file.name
+        assert pods.map_paths("/tmp", under_tmp) == "/tmp/t/volumes/tmp"
     cm = {"data": {"a.json": "{}"}, "binaryData": {"b": "aGk="}}
     secret = {"data": {"token": "czNjcjN0"}}
     pod = {"metadata": {"name": "p", "namespace": "ns"}}

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -228,6 +229,59 @@ def test_workspace_clone_at_ref_and_in_place(tmp_path: Path) -> None:
     assert (tmp_path / "ws1" / "a.txt").read_text() == "two\n"
     assert workspace.prepare(tmp_path / "ws2", RepoSource(url=str(tmp_path / "src"), ref=first)) == first
     assert workspace.prepare(tmp_path / "ws2", None) == first  # in place
+
+
+def _git(cwd: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("case", ["loose", "packed", "detached", "tag"])
+def test_base_commit_without_gitpython_agrees_with_it(tmp_path: Path, case: str) -> None:
+    """The start-up fast path (one `git rev-parse`) gives GitPython's answer for plain repos."""
+    ws = tmp_path / "ws"
+    r = _repo(ws)
+    if case == "packed":
+        _git(ws, "gc", "-q")  # refs and objects packed
+    elif case == "detached":
+        _git(ws, "checkout", "-q", "--detach", "HEAD")
+    elif case == "tag":  # a branch name that is also an annotated tag: HEAD is the branch, a commit
+        _git(ws, "tag", "-a", "-m", "t", r.active_branch.name)
+    fast = workspace._plain_repo_head(ws)
+    assert fast is not None and fast == workspace._base_commit_gitpython(ws) == r.head.commit.hexsha
+    assert workspace.base_commit(ws) == fast
+
+
+@pytest.mark.parametrize("case", ["subdir", "no-commit", "linked-worktree", "core-worktree", "bare"])
+def test_base_commit_leaves_unusual_repos_to_gitpython(tmp_path: Path, case: str) -> None:
+    """Wherever the fast path is not sure it defers, so results and errors stay GitPython's."""
+    ws = tmp_path / "ws"
+    if case == "subdir":
+        _repo(tmp_path / "r")
+        ws = tmp_path / "r" / "sub"
+        ws.mkdir()
+    elif case == "no-commit":
+        git.Repo.init(ws)
+    elif case == "linked-worktree":  # .git is a file pointing elsewhere
+        _repo(tmp_path / "main")
+        _git(tmp_path / "main", "worktree", "add", "-q", str(ws))
+    elif case == "core-worktree":  # the repo says its work tree is another directory
+        _repo(ws)
+        (tmp_path / "elsewhere").mkdir()
+        _git(ws, "config", "core.worktree", str(tmp_path / "elsewhere"))
+    elif case == "bare":
+        _repo(ws)
+        _git(ws, "config", "core.bare", "true")
+    assert workspace._plain_repo_head(ws) is None
+    try:
+        expected: str | BaseException = workspace._base_commit_gitpython(ws)
+    except workspace.WorkspaceError as e:
+        expected = e
+    if isinstance(expected, str):
+        assert workspace.base_commit(ws) == expected
+    else:
+        with pytest.raises(workspace.WorkspaceError, match="^" + re.escape(str(expected)) + "$"):
+            workspace.base_commit(ws)
 
 
 @pytest.mark.parametrize("case", ["not-git", "missing", "subdir", "no-commit", "bad-url", "bad-ref", "not-empty"])

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
-from buildstudio.records import EventRecord, RunSummary, TokenUsage
+from pydantic import BaseModel
+
+from buildstudio.records import SCHEMA_VERSION, EventRecord, RunSummary, TokenUsage
 
 _raw_decode = json.JSONDecoder().raw_decode
 
@@ -77,30 +79,27 @@ class LineSplitter:
     def feed(self, chunk: bytes) -> list[bytes]:
         if not chunk:
             return []
-        parts = chunk.split(b"\n")
-        tail = parts.pop()  # bytes after the last newline (maybe empty)
+        lines = chunk.split(b"\n")
+        tail = lines.pop()  # bytes after the last newline (maybe empty)
         limit = self.max_line_bytes
-        lines: list[bytes] = []
-        if parts:
-            head = parts[0]
+        if lines:
+            head = lines[0]
             if self._discarding:
                 self._discarding = False
+                del lines[0]
             elif self._buf:
                 if len(self._buf) + len(head) > limit:
                     self.overlong += 1
+                    del lines[0]
                 else:
                     self._buf += head
-                    lines.append(bytes(self._buf))
+                    lines[0] = bytes(self._buf)
                 self._buf.clear()
-            elif len(head) > limit:
-                self.overlong += 1
-            else:
-                lines.append(head)
-            for part in parts[1:]:
-                if len(part) > limit:
-                    self.overlong += 1
-                else:
-                    lines.append(part)
+            # Fast path: one C-level pass proves every line short (the usual case).
+            if lines and max(map(len, lines)) > limit:
+                kept = [line for line in lines if len(line) <= limit]
+                self.overlong += len(lines) - len(kept)
+                lines = kept
         if tail and not self._discarding:
             if len(self._buf) + len(tail) > limit:
                 self.overlong += 1
@@ -179,6 +178,10 @@ def _one_line(text: str, limit: int) -> str:
 
 _EMPTY: dict[str, Any] = {}  # shared, read-only stand-in for a missing object
 
+# The folder's hot paths inline these checks (`x if type(x) is str else ""` …): a function
+# call per field was a large share of the per-event cost. Exact types throughout: a JSON
+# true is a bool, not a count; negative counts are nonsense.
+
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if type(value) is dict else _EMPTY
@@ -189,7 +192,6 @@ def _str(value: Any) -> str:
 
 
 def _int(value: Any) -> int:
-    # Exact type: a JSON true is a bool, not a count; negative counts are nonsense.
     return value if type(value) is int and value > 0 else 0
 
 
@@ -201,10 +203,12 @@ def relative_path(path: str, workspace: str | None) -> str:
     """`path` relative to `workspace` when it lies inside it; other paths unchanged."""
     if workspace:
         root = workspace.rstrip("/")
-        if path == root:
-            return "."
-        if path.startswith(root + "/"):
-            path = path[len(root) + 1 :]
+        if path.startswith(root):
+            cut = len(root)
+            if len(path) == cut:
+                return "."
+            if path[cut] == "/":
+                path = path[cut + 1 :]
     while path.startswith("./"):
         path = path[2:]
     return path
@@ -217,7 +221,74 @@ def _bump(counter: dict[str, int], key: str) -> None:
     counter[key] = counter.get(key, 0) + 1
 
 
+# --------------------------------------------------------------------------- records
+
+_RECORD_FIELDS = ("type", "message", "ts")
+_new_object = object.__new__
+
+
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """A setter for one instance slot of pydantic models: its descriptor's, the fastest call."""
+    descriptor = BaseModel.__dict__.get(name)
+    if descriptor is not None and hasattr(descriptor, "__set__"):
+        return descriptor.__set__  # type: ignore[no-any-return]
+    return lambda obj, value: object.__setattr__(obj, name, value)
+
+
+_set_dict = _slot_setter("__dict__")
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
+
+
+def _record_unchecked(kind: str, message: str, ts: float, limit: int = MAX_MESSAGE_CHARS) -> EventRecord:
+    """An EventRecord equal to `EventRecord(type=kind, message=<message bounded>, ts=ts)`.
+
+    The arguments are already a str, a str and a float, so pydantic's validation (and
+    `model_construct`, slower still in pydantic 2.14) only costs time here; this sets the
+    instance slots exactly as validation does. `_fast_records_match` checks that at import.
+    """
+    # Fast path: most messages are short single lines already (isprintable rejects \n, \t …).
+    if len(message) > limit or not message.isprintable():
+        message = _one_line(message, limit)
+    rec = _new_object(EventRecord)
+    _set_dict(rec, {"kind": "event", "v": SCHEMA_VERSION, "type": kind, "message": message, "ts": ts})
+    _set_fields_set(rec, {"type", "message", "ts"})
+    _set_extra(rec, None)
+    _set_private(rec, None)
+    return rec
+
+
+def _record_validated(kind: str, message: str, ts: float, limit: int = MAX_MESSAGE_CHARS) -> EventRecord:
+    if len(message) > limit or not message.isprintable():
+        message = _one_line(message, limit)
+    return EventRecord(type=kind, message=message, ts=ts)
+
+
+def _fast_records_match() -> bool:
+    """Whether the unchecked constructor builds what pydantic builds (guards a pydantic upgrade)."""
+    try:
+        fast = _record_unchecked("tool", "m", 1.5)
+        slow = _record_validated("tool", "m", 1.5)
+        return bool(
+            fast == slow
+            and fast.__dict__ == slow.__dict__
+            and fast.model_fields_set == slow.model_fields_set
+            and fast.__pydantic_extra__ == slow.__pydantic_extra__
+            and fast.__pydantic_private__ == slow.__pydantic_private__
+            and fast.model_dump_json(by_alias=True) == slow.model_dump_json(by_alias=True)
+            and set(EventRecord.model_fields) == {"kind", "v", *_RECORD_FIELDS}
+        )
+    except Exception:  # any surprise in pydantic's internals means: take the safe path
+        return False
+
+
+_record = _record_unchecked if _fast_records_match() else _record_validated
+
+
 # --------------------------------------------------------------------------- folder
+
+_Records = list[EventRecord] | None  # None: the caller wants no records (skip formatting them)
 
 
 class StreamFolder:
@@ -265,98 +336,121 @@ class StreamFolder:
         self._step_text_len = 0
         self._step_text_cut = False
         self._final_text = ""
+        self._touched: tuple[str, str | None] = ("", None)  # last path found in `files`, its workspace
 
     # ------------------------------------------------------------------ input
 
     def feed_bytes(self, chunk: bytes, now: float | None = None) -> list[EventRecord]:
         """Feed raw stdout bytes (any chunking); lines are split here."""
         out: list[EventRecord] = []
-        for line in self._splitter.feed(chunk):
-            out.extend(self.feed(line, now))
+        lines = self._splitter.feed(chunk)
+        if lines:
+            self._fold(lines, now, out)
         return out
 
     def finish(self, now: float | None = None) -> list[EventRecord]:
         """End of stream: fold a last line that had no trailing newline."""
         out: list[EventRecord] = []
-        for line in self._splitter.close():
-            out.extend(self.feed(line, now))
+        self._fold(self._splitter.close(), now, out)
         return out
 
     def feed(self, line: bytes | str, now: float | None = None) -> list[EventRecord]:
         """Fold one line (no newline needed). Returns the compact records it produced."""
-        if not line or line.isspace():
-            return []
+        out: list[EventRecord] = []
+        self._fold((line,), now, out)
+        return out
+
+    def _fold(self, lines: Iterable[bytes | str], now: float | None, out: _Records) -> None:
+        """Fold lines, appending their records to `out` (unless None).
+
+        The one per-line loop, kept flat on purpose (it runs for every event). The lines of
+        one call are in memory already, so `last_event_at` is stamped once, after them.
+        """
+        decode = loads  # looked up per call: tests and the benchmark swap the decoder
+        handlers = _HANDLERS
+        count = 0  # events folded here, added to self.events once (a local is cheaper)
         try:
-            event = loads(line)
-        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
-            self.malformed += 1
-            return []
-        if not isinstance(event, dict):
-            self.malformed += 1
-            return []
-        kind = event.get("type")
-        if not isinstance(kind, str):
-            self.malformed += 1
-            return []
-        self.events += 1
-        self.last_event_at = time.monotonic() if now is None else now
-        stamp = event.get("timestamp")
-        ts = stamp / 1000.0 if type(stamp) is int or type(stamp) is float else 0.0
-        part = event.get("part")
-        if type(part) is not dict:
-            part = {}
-        if kind == "tool_use":
-            return self._tool(part, ts)
-        if kind == "step_finish":
-            return self._step_finish(part, ts)
-        if kind == "step_start":
-            return self._step_start(part, ts)
-        if kind == "text":
-            return self._text(part, ts)
-        if kind == "error":
-            return self._error(_dict(event.get("error")), ts)
-        if kind == "reasoning":
-            return []
-        _bump(self.unknown_types, kind)
-        return []
+            for line in lines:
+                if not line or line.isspace():
+                    continue
+                try:
+                    event = decode(line)
+                except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
+                    self.malformed += 1
+                    continue
+                if not isinstance(event, dict):
+                    self.malformed += 1
+                    continue
+                kind = event.get("type")
+                if not isinstance(kind, str):
+                    self.malformed += 1
+                    continue
+                count += 1
+                handler = handlers.get(kind)
+                if handler is not None:
+                    stamp = event.get("timestamp")
+                    handler(self, event, stamp / 1000.0 if type(stamp) is int or type(stamp) is float else 0.0, out)
+                elif kind != "reasoning":
+                    _bump(self.unknown_types, kind)
+        finally:
+            if count:
+                self.events += count
+                self.last_event_at = time.monotonic() if now is None else now
 
     # ------------------------------------------------------------------ event kinds
+    # Each takes the whole event, its timestamp in seconds and the record list (or None).
 
-    def _activity_after_overflow(self) -> None:
+    def _step_start(self, event: dict[str, Any], ts: float, out: _Records) -> None:
         if self._overflow_pending:
             self._overflow_pending = False
             self.overflow_continuations += 1
-
-    def _step_start(self, part: dict[str, Any], ts: float) -> list[EventRecord]:
-        self._activity_after_overflow()
         self.finish_reason = ""
-        message_id = _str(part.get("messageID"))
+        part = event.get("part")
+        message_id = part.get("messageID") if type(part) is dict else ""
+        if type(message_id) is not str:
+            message_id = ""
         if message_id and message_id == self._message_id:
             self.step_retries += 1
             self._attempt += 1
-            msg = f"step {self.steps}: model request retried (attempt {self._attempt})"
-            return [_record("step", msg, ts)]
+            if out is not None:
+                msg = f"step {self.steps}: model request retried (attempt {self._attempt})"
+                out.append(_record("step", msg, ts))
+            return
         self._message_id = message_id
         self._attempt = 1
         self.steps += 1
         self._step_text.clear()
         self._step_text_len = 0
         self._step_text_cut = False
-        return []
 
-    def _step_finish(self, part: dict[str, Any], ts: float) -> list[EventRecord]:
-        reason = _str(part.get("reason")) or "unknown"
-        tokens = _dict(part.get("tokens"))
-        cache = _dict(tokens.get("cache"))
-        inp, out, rsn = _int(tokens.get("input")), _int(tokens.get("output")), _int(tokens.get("reasoning"))
-        total = _int(tokens.get("total")) or inp + out + rsn
+    def _step_finish(self, event: dict[str, Any], ts: float, out: _Records) -> None:
+        part = event.get("part")
+        if type(part) is not dict:
+            part = _EMPTY
+        reason = part.get("reason")
+        if type(reason) is not str or not reason:
+            reason = "unknown"
+        tokens = part.get("tokens")
+        inp = outp = rsn = total = 0
+        if type(tokens) is dict:
+            value = tokens.get("input")
+            inp = value if type(value) is int and value > 0 else 0
+            value = tokens.get("output")
+            outp = value if type(value) is int and value > 0 else 0
+            value = tokens.get("reasoning")
+            rsn = value if type(value) is int and value > 0 else 0
+            value = tokens.get("total")
+            total = value if type(value) is int and value > 0 else inp + outp + rsn
+            cache = tokens.get("cache")
+            if type(cache) is dict:
+                self.cache_read += _int(cache.get("read"))
+                self.cache_write += _int(cache.get("write"))
         self.input_tokens += inp
-        self.output_tokens += out
+        self.output_tokens += outp
         self.reasoning_tokens += rsn
-        self.cache_read += _int(cache.get("read"))
-        self.cache_write += _int(cache.get("write"))
         self.total_tokens += total
-        cost = _num(part.get("cost"))
+        cost = part.get("cost")
+        cost = float(cost) if (type(cost) is int or type(cost) is float) and cost > 0 else 0.0
         self.cost += cost
         self.last_finish_reason = reason
         self.finish_reason = reason
@@ -364,14 +458,22 @@ class StreamFolder:
         if reason in TERMINAL_REASONS:
             text = "".join(self._step_text)
             self._final_text = text + FINAL_TEXT_CUT_MARKER if self._step_text_cut else text
-        msg = f"step {self.steps} finished: {reason}, {total} tokens (in {inp}, out {out})"
-        if cost:
-            msg += f", cost {cost:.4f}"
-        return [_record("step", msg, ts)]
+        if out is not None:
+            msg = f"step {self.steps} finished: {reason}, {total} tokens (in {inp}, out {outp})"
+            if cost:
+                msg += f", cost {cost:.4f}"
+            out.append(_record("step", msg, ts))
 
-    def _text(self, part: dict[str, Any], ts: float) -> list[EventRecord]:
-        self._activity_after_overflow()
-        text = _str(part.get("text"))
+    def _text(self, event: dict[str, Any], ts: float, out: _Records) -> None:
+        if self._overflow_pending:
+            self._overflow_pending = False
+            self.overflow_continuations += 1
+        part = event.get("part")
+        if type(part) is not dict:
+            part = _EMPTY
+        text = part.get("text")
+        if type(text) is not str:
+            text = ""
         if part.get("synthetic") is True:
             # Injected by opencode (e.g. after compaction): the run goes on, so whatever
             # answer came before is not final.
@@ -379,7 +481,9 @@ class StreamFolder:
                 self.compaction_texts += 1
             self.finish_reason = ""
             self._final_text = ""
-            return [_record("text", "opencode: " + text, ts, MAX_TEXT_EXCERPT)]
+            if out is not None:
+                out.append(_record("text", "opencode: " + text, ts, MAX_TEXT_EXCERPT))
+            return
         if text:
             room = MAX_FINAL_TEXT - self._step_text_len
             if len(text) > room:
@@ -390,41 +494,78 @@ class StreamFolder:
             if text_kept:
                 self._step_text.append(text_kept)
                 self._step_text_len += len(text_kept)
-        return [_record("text", text, ts, MAX_TEXT_EXCERPT)] if text else []
+            if out is not None:
+                out.append(_record("text", text, ts, MAX_TEXT_EXCERPT))
 
-    def _tool(self, part: dict[str, Any], ts: float) -> list[EventRecord]:
-        name = _str(part.get("tool")) or "?"
-        state = _dict(part.get("state"))
-        status = _str(state.get("status")) or "?"
-        tool_input = _dict(state.get("input"))
-        timing = _dict(state.get("time"))
-        duration = max(0, _int(timing.get("end")) - _int(timing.get("start")))
+    def _tool(self, event: dict[str, Any], ts: float, out: _Records) -> None:
+        part = event.get("part")
+        if type(part) is not dict:
+            part = _EMPTY
+        name = part.get("tool")
+        if type(name) is not str or not name:
+            name = "?"
+        state = part.get("state")
+        if type(state) is not dict:
+            state = _EMPTY
+        status = state.get("status")
+        if type(status) is not str or not status:
+            status = "?"
+        tool_input = state.get("input")
+        if type(tool_input) is not dict:
+            tool_input = _EMPTY
+        duration = 0
+        timing = state.get("time")
+        if type(timing) is dict:
+            end = timing.get("end")
+            if type(end) is int and end > 0:
+                start = timing.get("start")
+                duration = max(0, end - (start if type(start) is int and start > 0 else 0))
         self.tool_calls += 1
-        _bump(self.tools_by_name, name)
-        self.last_tool = name[:64]
+        key = name[:64]
+        count = self.tools_by_name.get(key)
+        if count is None:
+            _bump(self.tools_by_name, key)  # a new name: the cap applies
+        else:
+            self.tools_by_name[key] = count + 1
+        self.last_tool = key
         if status == "error":
             self.tool_errors += 1
         if name == "invalid":
             self.invalid_tool_calls += 1
-            target = _str(tool_input.get("tool")) or "?"
-            detail = _str(tool_input.get("error")) or _str(state.get("output"))
-            return [_record("tool", f"invalid call to {target}: {detail}", ts)]
+            if out is not None:
+                target = _str(tool_input.get("tool")) or "?"
+                detail = _str(tool_input.get("error")) or _str(state.get("output"))
+                out.append(_record("tool", f"invalid call to {target}: {detail}", ts))
+            return
+        file_path = tool_input.get("filePath")
+        if type(file_path) is not str:
+            file_path = ""
         if status == "completed" and name in _FILE_TOOLS:
-            self._touch(_str(tool_input.get("filePath")))
-            metadata = _dict(state.get("metadata"))
-            self._touch(_str(metadata.get("filepath")))
-            self._touch(_str(_dict(metadata.get("filediff")).get("file")))
-        title = relative_path(
-            _str(state.get("title")) or _str(tool_input.get("filePath")) or _str(tool_input.get("command")),
-            self.workspace,
-        )
+            if file_path:
+                self._touch(file_path)
+            metadata = state.get("metadata")
+            if type(metadata) is dict:
+                self._touch(_str(metadata.get("filepath")))
+                self._touch(_str(_dict(metadata.get("filediff")).get("file")))
+        if out is None:
+            return
+        title = state.get("title")
+        if type(title) is not str or not title:
+            title = file_path or _str(tool_input.get("command"))
+        workspace = self.workspace
+        # Titles are mostly relative already: relative_path can only change one that starts
+        # with "/" or "." (or any, when the workspace itself is relative).
+        if title[:1] in ("/", ".") or (workspace and workspace[:1] != "/"):
+            title = relative_path(title, workspace)
         msg = f"{name} {title} {status} {duration}ms" if title else f"{name} {status} {duration}ms"
-        error = _str(state.get("error"))
-        if status == "error" and error:
-            msg += ": " + error
-        return [_record("tool", msg, ts)]
+        if status == "error":
+            error = state.get("error")
+            if type(error) is str and error:
+                msg += ": " + error
+        out.append(_record("tool", msg, ts))
 
-    def _error(self, error: dict[str, Any], ts: float) -> list[EventRecord]:
+    def _error(self, event: dict[str, Any], ts: float, out: _Records) -> None:
+        error = _dict(event.get("error"))
         name = _str(error.get("name")) or "Error"
         data = _dict(error.get("data"))
         status = _int(data.get("statusCode")) or None
@@ -439,18 +580,23 @@ class StreamFolder:
         self.finish_reason = ""
         self._final_text = ""
         self._overflow_pending = name == "ContextOverflowError"
-        return [_record("error", entry, ts)]
+        if out is not None:
+            out.append(_record("error", entry, ts))
 
     def _touch(self, path: str) -> None:
         if not path:
             return
+        # A write/edit names its file twice (input.filePath, metadata.filepath): skip the
+        # second lookup when this very path is known to be recorded already.
+        if path == self._touched[0] and self.workspace is self._touched[1]:
+            return
         rel = relative_path(path, self.workspace)[:512]
-        if rel in self.files:
-            return
-        if len(self.files) >= MAX_FILES:
-            self.files_dropped += 1
-            return
-        self.files[rel] = None
+        if rel not in self.files:
+            if len(self.files) >= MAX_FILES:
+                self.files_dropped += 1
+                return
+            self.files[rel] = None
+        self._touched = (path, self.workspace)
 
     # ------------------------------------------------------------------ output
 
@@ -502,16 +648,19 @@ class StreamFolder:
         )
 
 
-def _record(kind: str, message: str, ts: float, limit: int = MAX_MESSAGE_CHARS) -> EventRecord:
-    # Fast path: most messages are short single lines already (isprintable rejects \n, \t …).
-    if len(message) > limit or not message.isprintable():
-        message = _one_line(message, limit)
-    return EventRecord(type=kind, message=message, ts=ts)
-
-
 def fold_lines(lines: Iterable[bytes | str], workspace: str | None = None) -> StreamFolder:
     """Fold a whole stream (tests, `run --local` replays); returns the folder."""
     folder = StreamFolder(workspace)
-    for line in lines:
-        folder.feed(line)
+    folder._fold(lines, None, None)  # nobody reads the records: skip building them
     return folder
+
+
+# Dispatch on the event `type`; "reasoning" carries nothing the summary needs.
+_Handler = Callable[[StreamFolder, dict[str, Any], float, _Records], None]
+_HANDLERS: dict[str, _Handler] = {
+    "tool_use": StreamFolder._tool,
+    "step_finish": StreamFolder._step_finish,
+    "step_start": StreamFolder._step_start,
+    "text": StreamFolder._text,
+    "error": StreamFolder._error,
+}

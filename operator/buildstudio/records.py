@@ -104,6 +104,14 @@ class Patch(_Record):
     sha256: str = ""  # of the uncompressed patch that was kept
 
 
+class ReviewRecord(_Record):
+    """A review phase's verdict, tied to the exact diff it judged (what the ship gate checks)."""
+
+    source: str  # the reviewed dispatch
+    verdict: str  # Approve | RequestChanges | Unclear
+    diff_sha256: str = Field("", alias="diffSha256")
+
+
 class ProgressRecord(_Record):
     kind: Literal["progress"] = "progress"
     v: int = SCHEMA_VERSION
@@ -141,6 +149,8 @@ class ResultRecord(_Record):
     finished_at: str = Field("", alias="finishedAt")
     duration_seconds: float = Field(0.0, alias="durationSeconds")
     replay: bool = False  # true when the model's words were canned (replay model server)
+    phase: str = "build"  # ideate | plan | build | review
+    review: ReviewRecord | None = None  # review phase only
 
 
 Record = Annotated[ProgressRecord | EventRecord | ResultRecord, Field(discriminator="kind")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 Body = dict[str, Any]
@@ -109,7 +110,20 @@ def map_paths(value: str, mounts: Sequence[tuple[str, str]]) -> str:
     local_of = dict(mounts)
     alternatives = "|".join(re.escape(path) for path, _ in mounts)  # longest first: /work/repo before /work
     pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[^\w.-])")
-    return pattern.sub(lambda m: local_of[m.group(1)], value)
+
+    def local(m: re.Match[str]) -> str:
+        # A longer path that exists on this machine (the test's interpreter in a checkout under
+        # /tmp, while the pod mounts /tmp) is a host path the test put there on purpose: keep it.
+        token = _PATH_TOKEN.match(value, m.start())
+        path = token.group(0) if token else m.group(1)
+        if path != m.group(1) and Path(path).exists():
+            return m.group(1)
+        return local_of[m.group(1)]
+
+    return pattern.sub(local, value)
+
+
+_PATH_TOKEN = re.compile(r"[^\s\"'=:,;]+")
 
 
 # --- env and command ----------------------------------------------------------------------

@@ -186,6 +186,17 @@ class ModelObservation(ApiModel):
     reason: str = Field("", description="Preflight verdict reason.", max_length=64)
 
 
+class ReviewStatus(ApiModel):
+    """A review phase's verdict; ship counts it only for the exact diff it names."""
+
+    source: str = Field(description="The reviewed dispatch.", max_length=253)
+    verdict: Literal["Approve", "RequestChanges", "Unclear"] = Field(
+        description="Approve, RequestChanges, or Unclear (no single verdict line in the answer)."
+    )
+    diff_sha256: str = Field("", description="sha256 of the reviewed diff (the source's patch-sha256).",
+                             max_length=64)
+
+
 class BuildDispatchStatus(ApiModel):
     """Observed state of the dispatch, written by the operator (bounded to 32 KiB)."""
 
@@ -217,6 +228,7 @@ class BuildDispatchStatus(ApiModel):
                                   max_length=253)
     final_text: str = Field("", description="The engine's final answer (at most 4 KiB).", max_length=4200)
     model_service: ModelObservation | None = Field(None, description="Preflight observation.")
+    review: ReviewStatus | None = Field(None, description="review phase: the verdict and the diff it is for.")
     admitted_at: str | None = Field(None, description="When the gate admitted it.",
                                     json_schema_extra={"format": "date-time"})
     started_at: str | None = Field(None, description="When the sandbox started running.",
@@ -251,6 +263,7 @@ __all__ = [
     "Progress",
     "Repo",
     "ResourceList",
+    "ReviewStatus",
     "Sandbox",
     "SourceRef",
     "Summary",

@@ -314,6 +314,26 @@ def enter(d: Dispatch, gate: GateDecision, check: ModelCheck | None, now: dateti
     return draft.step(settings, wake_after=0)
 
 
+def ship(
+    d: Dispatch, allow: bool, reason: str, message: str, now: datetime, settings: Settings, *, final: bool
+) -> Step:
+    """The ship gate's answer (no model, no sandbox). A refusal that a later review or approval can
+    lift keeps the dispatch waiting (until the queue timeout); ``final`` ones end it."""
+    draft = _Draft(d, now)
+    if d.spec.cancel:
+        return _cancelled_before_start(draft, settings)
+    draft.cond(c.MODEL_READY, "True", "NotApplicable", "ship asks no model")
+    if allow:
+        draft.cond(c.ADMITTED, "True", reason, message)
+        return draft.finish(True, reason, message, settings)
+    if final or now >= _queue_deadline(d):
+        draft.cond(c.ADMITTED, "False", reason, message)
+        return draft.finish(False, reason, message, settings)
+    # Not Admitted=Unknown (that is the queue's stage): the gate is asked again until it answers.
+    draft.headline(reason, message)
+    return draft.step(settings, wake_after=settings.preflight_interval)
+
+
 @dataclass(frozen=True)
 class Slot:
     """The queue's answer for this dispatch."""

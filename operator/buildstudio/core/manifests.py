@@ -21,7 +21,7 @@ from buildstudio.core import names
 from buildstudio.core.settings import SandboxDefaults
 from buildstudio.opencode_config import build_config
 from buildstudio.pins import API_GROUP, API_VERSION
-from buildstudio.runner.spec import LoopLimits, RepoSource, RunnerSpec, RunnerTimeouts
+from buildstudio.runner.spec import LoopLimits, RepoSource, ReviewInput, RunnerSpec, RunnerTimeouts
 
 CONFIG_MOUNT = "/etc/buildstudio"
 WORKSPACE = "/workspace"
@@ -402,12 +402,17 @@ def sandbox_files(
     context: int | None,
     relay: bool,
     api_key_env: str | None = None,
+    review: ReviewInput | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``runner.json`` (the runner's ``RunnerSpec``) and ``opencode.json`` for one attempt."""
+    """``runner.json`` (the runner's ``RunnerSpec``) and ``opencode.json`` for one attempt.
+
+    Every phase runs in the sandbox; ideate/plan/review are one chat completion there (no repo).
+    """
+    text = spec.phase in ("ideate", "plan", "review")
     ctx = context or 65536
     out = output_limit(ctx)
     repo = None
-    if spec.repo is not None:
+    if spec.repo is not None and not text:
         repo = RepoSource(url=spec.repo.url, ref=spec.repo.ref)
     runner = RunnerSpec(
         prompt=spec.prompt,
@@ -421,7 +426,9 @@ def sandbox_files(
             run_seconds=float(spec.timeouts.run_seconds), idle_seconds=float(spec.timeouts.idle_seconds)
         ),
         limits=LoopLimits(step_budget=spec.step_budget) if spec.step_budget else LoopLimits(),
-        relay=relay,
+        relay=relay and not text,
+        phase="build" if not text else spec.phase,
+        review=review if spec.phase == "review" else None,
     )
     config = build_config(base_url=base_url, model=model, context=ctx, output=out, api_key_env=api_key_env)
     return runner.model_dump(by_alias=True, exclude_none=True, mode="json"), config

@@ -97,7 +97,8 @@ def result_fields(result: ResultRecord, settings: Settings, *, patch_cm: str) ->
     stat = result.diff_stat
     total = max(result.diff_bytes, len(result.diff.encode()))
     excerpt, cut = diff_excerpt(result.diff, settings.diff_excerpt_bytes, total=total, patch_cm=patch_cm)
-    return {
+    review = {"review": result.review.model_dump(by_alias=True)} if result.review is not None else {}
+    return review | {
         "summary": {
             "steps": summary.steps,
             "toolCalls": summary.tool_calls,

@@ -36,6 +36,7 @@ from buildstudio.handlers.context import (
     queue_entry,
     verdict_for,
 )
+from buildstudio.handlers.phases import read_source, review_input, ship_decision
 from buildstudio.kube import KubeError
 from buildstudio.metrics import QUEUE_LENGTH, record_finished, record_preflight_failure
 
@@ -239,7 +240,14 @@ class DispatchDriver:
         known = [state for _, store in engines.items() for state in store]
         self.engines = {e.name: e for e in known}
         if stage == "entry":
-            gate = decide(known, d.spec)
+            source = None
+            if d.spec.phase in ("review", "ship") and d.spec.source is not None:
+                source = await read_source(self.ctx.kube, d.namespace, d.spec.source.dispatch)
+            gate = decide(known, d.spec, source_succeeded=source.succeeded if source is not None else None)
+            if gate.admit and d.spec.phase == "ship" and source is not None:
+                verdict = await ship_decision(self.ctx.kube, d.namespace, source, d.spec.approval)
+                final = verdict.reason in ("SourceNotSucceeded", "NoDiff", "PatchTruncated")
+                return m.ship(d, verdict.allow, verdict.reason, verdict.message, now, settings, final=final)
             check = await self.preflight(gate, known) if gate.admit else None
             first = m.enter(d, gate, check, now, settings)
             if m.stage_of(first.status) != "queued":
@@ -397,12 +405,19 @@ class DispatchDriver:
         spec = engine.spec
         base_url = spec.model_service.base_url if spec.model_service else ""
         owner = mf.Owner(name=d.name, uid=d.uid, namespace=d.namespace)
+        review = None
+        if d.spec.phase == "review" and d.spec.source is not None:
+            source = await read_source(self.ctx.kube, d.namespace, d.spec.source.dispatch)
+            if source is None:
+                raise kopf.TemporaryError(f"source dispatch {d.spec.source.dispatch} is gone", delay=5)
+            review = review_input(source)
         runner, config = mf.sandbox_files(
             d.spec,
             model=action.model,
             base_url=base_url,
             context=action.context,
             relay=wants_repair(engine, action.model),
+            review=review,
         )
         defaults = self.ctx.settings.sandbox
         credential = None

@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         max_bytes=spec.output.max_output_bytes,
         progress_interval=spec.output.progress_interval_seconds,
     )
+    if spec.phase != "build":  # ideate / plan / review: one chat completion, no repo, no opencode
+        from buildstudio.runner.textphase import run_text
+
+        text_result = asyncio.run(run_text(spec, writer))
+        return 0 if text_result.outcome.succeeded else 1
     # Orphaned tool processes (own sessions) re-parent to us, so stopping can find them all.
     if not procs.set_child_subreaper():
         print(
@@ -82,5 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.outcome.succeeded else 1
 
 
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown.
+
+    Everything is printed (and flushed) and every child reaped by then; freeing the module
+    state of pydantic, GitPython and asyncio one object at a time only adds ≈ 45 ms to each run.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

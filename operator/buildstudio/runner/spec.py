@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +50,20 @@ class OutputBounds(_Spec):
     stderr_tail_bytes: int = Field(4096, alias="stderrTailBytes", ge=0)
 
 
+class ReviewInput(_Spec):
+    """review phase: what the reviewer reads of its source dispatch (filled in by the operator)."""
+
+    source: str = Field(min_length=1, description="the reviewed dispatch")
+    diff: str = Field("", description="the whole patch, or its head when it did not fit (bounded)")
+    diff_bytes: int = Field(0, alias="diffBytes", ge=0)
+    diff_truncated: bool = Field(False, alias="diffTruncated")
+    files: int = Field(0, ge=0)
+    additions: int = Field(0, ge=0)
+    deletions: int = Field(0, ge=0)
+    final_text: str = Field("", alias="finalText")
+    sha256: str = Field("", description="the source's patch-sha256: ties the verdict to this exact diff")
+
+
 class RunnerSpec(_Spec):
     prompt: str = Field(min_length=1, description="given to opencode verbatim, through a stdin file")
     repo: RepoSource | None = Field(None, description="None: use the git repo already in the workspace")
@@ -62,6 +77,10 @@ class RunnerSpec(_Spec):
     output: OutputBounds = Field(default_factory=OutputBounds)
     relay: bool = Field(False, description="start the tool-call repair relay between opencode and the model")
     replay: bool = Field(False, description="the model service is a replay: its words are canned")
+    phase: Literal["ideate", "plan", "build", "review"] = Field(
+        "build", description="build runs opencode; ideate/plan/review are one chat completion, no repo"
+    )
+    review: ReviewInput | None = Field(None, description="review phase: the source dispatch's result")
 
 
 def load_spec(path: Path) -> RunnerSpec:

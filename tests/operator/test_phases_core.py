@@ -1,0 +1,116 @@
+"""Phases in the operator's pure core: text phases in the sandbox, the review input, the ship gate step."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from buildstudio.api.dispatch import BuildDispatchStatus
+from buildstudio.core import machine as m
+from buildstudio.core import manifests as mf
+from buildstudio.core.conditions import find
+from buildstudio.core.status import result_fields
+from buildstudio.handlers.phases import REVIEW_DIFF_BYTES, Source, _review_of, review_input
+from buildstudio.pins import API_GROUP
+from buildstudio.records import Outcome, ResultRecord, ReviewRecord
+from buildstudio.runner.spec import RunnerSpec
+from tests.operator.test_core_machine import T0, S, cond, dispatch, spec, valid
+
+PATCH = "diff --git a/calc.py b/calc.py\n+def subtract(a, b):\n+    return a - b\n"
+SHA = hashlib.sha256(PATCH.encode()).hexdigest()
+
+
+def test_text_phases_run_in_the_sandbox_without_repo_or_relay() -> None:
+    runner, _ = mf.sandbox_files(
+        spec(phase="plan", repo=None), model="qwen3-coder", base_url="http://m/v1", context=32768, relay=True
+    )
+    parsed = RunnerSpec.model_validate(runner)
+    assert (parsed.phase, parsed.repo, parsed.relay, parsed.review) == ("plan", None, False, None)
+    build, _ = mf.sandbox_files(spec(), model="qwen3-coder", base_url="http://m/v1", context=32768, relay=True)
+    assert RunnerSpec.model_validate(build).phase == "build" and build["repo"]["url"]
+
+
+def _source(**status: Any) -> Source:
+    base: dict[str, Any] = {
+        "phase": "Succeeded",
+        "diffStat": {"files": 1, "additions": 2, "deletions": 0},
+        "diff": PATCH,
+        "diffBytes": len(PATCH),
+        "patchConfigMap": "fix-patch",
+        "finalText": "Added subtract.",
+    }
+    base.update(status)
+    data = base64.b64encode(gzip.compress(PATCH.encode())).decode()
+    ann = {f"{API_GROUP}/patch-sha256": SHA, f"{API_GROUP}/patch-truncated": "false"}
+    return Source("fix", BuildDispatchStatus.model_validate(base), ann, data)
+
+
+def test_review_input_carries_the_whole_patch_and_its_digest() -> None:
+    src = _source(diff="+def subtract(a, b):\n")  # status holds only an excerpt; the ConfigMap the whole patch
+    ri = review_input(src)
+    assert ri.diff == PATCH and ri.sha256 == SHA and not ri.diff_truncated
+    assert (ri.files, ri.additions, ri.final_text) == (1, 2, "Added subtract.")
+    runner, _ = mf.sandbox_files(
+        spec(phase="review", source={"dispatch": "fix"}),
+        model="qwen3-coder",
+        base_url="http://m/v1",
+        context=32768,
+        relay=False,
+        review=ri,
+    )
+    assert RunnerSpec.model_validate(runner).review == ri
+    assert len(runner["review"]["diff"]) <= REVIEW_DIFF_BYTES
+
+
+def test_review_verdict_lands_in_status_and_is_read_back_for_ship() -> None:
+    rec = ResultRecord(
+        outcome=Outcome.COMPLETED,
+        message="review",
+        phase="review",
+        review=ReviewRecord(source="fix", verdict="Approve", diff_sha256=SHA),
+    )
+    fields = result_fields(rec, S, patch_cm="")
+    assert fields["review"] == {"source": "fix", "verdict": "Approve", "diffSha256": SHA}
+    obj = {
+        "metadata": {"name": "rev"},
+        "status": {"phase": "Succeeded", "finishedAt": "2026-11-25T10:00:00Z", "review": fields["review"]},
+    }
+    when, facts = _review_of(obj)  # type: ignore[misc]
+    assert (when, facts.review, facts.source, facts.verdict.value, facts.diff_sha256) == (
+        "2026-11-25T10:00:00Z",
+        "rev",
+        "fix",
+        "Approve",
+        SHA,
+    )
+    assert _review_of({"metadata": {"name": "b"}, "status": {"phase": "Running"}}) is None
+
+
+def _ship(**kw: Any) -> m.Dispatch:
+    return dispatch(phase="ship", repo=None, source={"dispatch": "fix"}, approval={"approvedBy": "alice"}, **kw)
+
+
+def test_ship_allowed_is_terminal_success() -> None:
+    step = m.ship(_ship(), True, "Approved", "ship fix: 1 files, +2/-0", T0, S, final=False)
+    assert step.status["phase"] == "Succeeded" and cond(step.status, "Succeeded")["reason"] == "Approved"
+    assert cond(step.status, "ModelReady")["reason"] == "NotApplicable"
+    valid(step.status)
+
+
+def test_ship_waits_for_a_review_then_times_out() -> None:
+    step = m.ship(_ship(), False, "ReviewMissing", "no review of fix yet", T0, S, final=False)
+    assert m.stage_of(step.status) == "entry" and step.wake_after == S.preflight_interval
+    assert step.status["reason"] == "ReviewMissing" and find(step.status.get("conditions"), "Admitted") is None
+    late = T0 + timedelta(seconds=3601)
+    done = m.ship(_ship(), False, "ReviewMissing", "no review of fix yet", late, S, final=False)
+    assert done.status["phase"] == "Failed" and cond(done.status, "Succeeded")["reason"] == "ReviewMissing"
+
+
+def test_ship_final_refusal_and_cancel() -> None:
+    step = m.ship(_ship(), False, "NoDiff", "fix changed nothing", T0, S, final=True)
+    assert step.status["phase"] == "Failed" and cond(step.status, "Admitted")["reason"] == "NoDiff"
+    cancelled = m.ship(_ship(cancel=True), True, "Approved", "x", T0, S, final=False)
+    assert cancelled.status["phase"] == "Cancelled"
