@@ -442,3 +442,29 @@ async def test_hung_clone_is_killed(tmp_path: Path, how: str) -> None:
     else:
         assert rec.outcome is records.Outcome.WORKSPACE_ERROR and "did not finish within 2 s" in rec.message
     assert time.monotonic() - t0 < 15
+
+
+def test_private_repo_token_reaches_git_config_only_through_the_environment() -> None:
+    import base64 as b64
+    import subprocess as sp
+
+    from buildstudio.runner.workspace import credential_env
+
+    assert credential_env("file:///srv/repo", {"BUILDSTUDIO_GIT_TOKEN": "s3cr3t"}) == {}
+    assert credential_env("https://git.example/r.git", {}) == {}
+    env = credential_env("https://git.example/r.git", {"BUILDSTUDIO_GIT_TOKEN": "s3cr3t"})
+    header = env["GIT_CONFIG_VALUE_0"]
+    assert b64.b64decode(header.removeprefix("Authorization: Basic ")) == b"x-access-token:s3cr3t"
+    seen = sp.run(
+        ["git", "config", "--get", "http.extraHeader"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    assert seen == header  # git reads it from GIT_CONFIG_*: never on argv, in the URL or in .git/config
+    gitlab = credential_env(
+        "https://gl.example/r.git", {"BUILDSTUDIO_GIT_TOKEN": "t", "BUILDSTUDIO_GIT_USERNAME": "oauth2"}
+    )
+    assert b64.b64decode(gitlab["GIT_CONFIG_VALUE_0"].split()[-1]) == b"oauth2:t"

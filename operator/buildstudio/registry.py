@@ -83,6 +83,35 @@ def load(path: Path | None = None) -> list[RegistryEntry]:
     return parse(doc, source=str(path))
 
 
+def with_overrides(
+    entry: RegistryEntry,
+    *,
+    base_url: str | None = None,
+    backend: str | None = None,
+    max_running: int | None = None,
+    max_running_per_model: int | None = None,
+) -> RegistryEntry:
+    """The entry with the install's own model service and limits (the chart's values) applied to a
+    local engine; a cloud engine is returned as it is."""
+    spec = entry.spec
+    if spec.endpoint != "local":
+        return entry
+    update: dict[str, Any] = {}
+    if (base_url or backend) and spec.model_service is not None:
+        service = spec.model_service.to_api() | ({"baseURL": base_url} if base_url else {})
+        update["modelService"] = service | ({"backend": backend} if backend else {})
+    if max_running or max_running_per_model:
+        limits = spec.concurrency.to_api()
+        if max_running:
+            limits["maxRunning"] = max_running
+        if max_running_per_model:
+            limits["maxRunningPerModel"] = max_running_per_model
+        update["concurrency"] = limits
+    if not update:
+        return entry
+    return RegistryEntry(entry.name, BuildEngineSpec.model_validate(spec.to_api() | update))
+
+
 def as_object(entry: RegistryEntry) -> dict[str, Any]:
     """The BuildEngine object the operator seeds for a registry entry."""
     return {

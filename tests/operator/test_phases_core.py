@@ -114,3 +114,65 @@ def test_ship_final_refusal_and_cancel() -> None:
     assert step.status["phase"] == "Failed" and cond(step.status, "Admitted")["reason"] == "NoDiff"
     cancelled = m.ship(_ship(cancel=True), True, "Approved", "x", T0, S, final=False)
     assert cancelled.status["phase"] == "Cancelled"
+
+
+def test_chart_environment_reaches_settings_and_the_sandbox_pod() -> None:
+    from buildstudio.core.settings import from_env
+
+    env = {
+        "BUILDSTUDIO_SANDBOX_SERVICE_ACCOUNT": "buildstudio-sandbox",
+        "BUILDSTUDIO_GPU_TOLERATION": "false",
+        "BUILDSTUDIO_GPU_NODE_LABEL": "example.com/gpu",
+        "BUILDSTUDIO_SANDBOX_RESOURCES": '{"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}',
+        "BUILDSTUDIO_WORKSPACE_SIZE": "10Gi",
+        "BUILDSTUDIO_MODEL_BASE_URL": "http://vllm.models.svc:8000/v1",
+        "BUILDSTUDIO_MAX_RUNNING": "8",
+    }
+    settings = from_env(env)
+    sb = settings.sandbox
+    assert (sb.service_account_name, sb.gpu_toleration, sb.gpu_node_label) == (
+        "buildstudio-sandbox",
+        False,
+        "example.com/gpu",
+    )
+    assert (dict(sb.requests), dict(sb.limits), sb.workspace_size) == ({"cpu": "1"}, {"memory": "2Gi"}, "10Gi")
+    from buildstudio import registry
+
+    opencode = registry.with_overrides(
+        registry.load()[0], base_url=settings.model_base_url, max_running=settings.max_running
+    )
+    assert opencode.spec.model_service is not None
+    assert opencode.spec.model_service.base_url == "http://vllm.models.svc:8000/v1"
+    assert opencode.spec.concurrency.max_running == 8 and opencode.spec.concurrency.max_running_per_model == 2
+    claude = registry.load()[1]
+    assert registry.with_overrides(claude, base_url="http://x/v1") is claude
+
+
+def test_sandbox_pod_service_account_and_toleration_switch() -> None:
+    from dataclasses import replace as dc_replace
+
+    from tests.operator.test_core_manifests import D, req
+
+    pod = mf.sandbox_pod(req(), dc_replace(D, service_account_name="sb", gpu_toleration=False))
+    assert pod["spec"]["serviceAccountName"] == "sb" and "tolerations" not in pod["spec"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_model_service_api_key_reaches_only_the_sandbox_env_by_reference() -> None:
+    from dataclasses import replace as dc_replace
+
+    from tests.operator.test_core_manifests import D, req
+
+    pod = mf.sandbox_pod(dc_replace(req(), model_api_key=mf.SecretKey("vllm-key", "token")), D)
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env[mf.MODEL_API_KEY_ENV]["valueFrom"] == {"secretKeyRef": {"name": "vllm-key", "key": "token"}}
+    runner, config = mf.sandbox_files(
+        spec(),
+        model="qwen3-coder",
+        base_url="http://m/v1",
+        context=32768,
+        relay=False,
+        api_key_env=mf.MODEL_API_KEY_ENV,
+    )
+    assert runner["apiKeyEnv"] == mf.MODEL_API_KEY_ENV
+    assert config["provider"]["local"]["options"]["apiKey"] == "{env:BUILDSTUDIO_MODEL_API_KEY}"

@@ -57,6 +57,9 @@ class SecretKey:
     key: str
 
 
+MODEL_API_KEY_ENV = "BUILDSTUDIO_MODEL_API_KEY"  # opencode reads it through "{env:…}" in its config
+
+
 @dataclass(frozen=True)
 class EngineRuntime:
     """What the sandbox needs to know about the resolved engine."""
@@ -80,6 +83,7 @@ class SandboxRequest:
     model_base_url: str
     sandbox: Mapping[str, Any] = field(default_factory=dict)  # BuildDispatch spec.sandbox
     repo_credentials: SecretKey | None = None
+    model_api_key: SecretKey | None = None  # the model service's apiKeySecret, if it has one
 
 
 def _meta(name: str, owner: Owner, component: str, extra_labels: Mapping[str, str] | None = None) -> Manifest:
@@ -151,6 +155,13 @@ def sandbox_pod(req: SandboxRequest, defaults: SandboxDefaults) -> Manifest:
                 "valueFrom": {"secretKeyRef": {"name": cred.name, "key": cred.key}},
             }
         )
+    if req.model_api_key is not None:
+        env.append(
+            {
+                "name": MODEL_API_KEY_ENV,
+                "valueFrom": {"secretKeyRef": {"name": req.model_api_key.name, "key": req.model_api_key.key}},
+            }
+        )
     if req.repo_credentials is not None:
         env.append(
             {
@@ -187,9 +198,13 @@ def sandbox_pod(req: SandboxRequest, defaults: SandboxDefaults) -> Manifest:
             {"name": "home", "emptyDir": {"sizeLimit": defaults.home_size}},
             {"name": "tmp", "emptyDir": {"sizeLimit": defaults.tmp_size}},
         ],
-        "tolerations": list(sandbox.get("tolerations") or [])
-        or [{"key": defaults.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}],
     }
+    gpu_taint = {"key": defaults.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
+    tolerations = list(sandbox.get("tolerations") or []) or ([gpu_taint] if defaults.gpu_toleration else [])
+    if tolerations:
+        spec["tolerations"] = tolerations
+    if defaults.service_account_name:
+        spec["serviceAccountName"] = defaults.service_account_name
     user_selector = sandbox.get("nodeSelector") or {}
     # A user's nodeSelector or affinity replaces the default GPU-node affinity.
     affinity = sandbox.get("affinity") or (None if user_selector else _gpu_affinity(defaults))

@@ -6,6 +6,7 @@ Plain frozen data so the core stays pure; the operator builds one from its envir
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class SandboxDefaults:
     gpu_affinity: GpuAffinity = "preferred"
     gpu_node_label: str = "nvidia.com/gpu.present"
     gpu_resource: str = "nvidia.com/gpu"
+    gpu_toleration: bool = True  # tolerate the nvidia.com/gpu taint unless the spec gives tolerations
+    service_account_name: str | None = None  # a ServiceAccount with no RBAC (the chart makes one)
     termination_grace_seconds: int = 30
     requests: Mapping[str, str] = field(
         default_factory=lambda: {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"}
@@ -59,11 +62,34 @@ class Settings:
     run_timeout_slack: float = 30.0
     preflight_interval: float = 30.0
     queue_poll_interval: float = 2.0
+    # Install-wide overrides of the seeded local engine (the chart's modelService / concurrency values).
+    model_base_url: str | None = None
+    model_backend: str | None = None
+    max_running: int | None = None
+    max_running_per_model: int | None = None
 
 
 def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
     raw = env.get(key)
     return float(raw) if raw else default
+
+
+def _env_int(env: Mapping[str, str], key: str) -> int | None:
+    raw = env.get(key)
+    return int(raw) if raw else None
+
+
+def _resources(raw: str | None) -> tuple[Mapping[str, str], Mapping[str, str]]:
+    """``BUILDSTUDIO_SANDBOX_RESOURCES``: JSON ``{"requests": {...}, "limits": {...}}``."""
+    base = SandboxDefaults()
+    if not raw:
+        return base.requests, base.limits
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("BUILDSTUDIO_SANDBOX_RESOURCES must be a JSON object with requests and limits")
+    requests = {str(k): str(v) for k, v in (value.get("requests") or {}).items()}
+    limits = {str(k): str(v) for k, v in (value.get("limits") or {}).items()}
+    return requests, limits
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -72,10 +98,20 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     affinity = env.get("BUILDSTUDIO_GPU_AFFINITY", "preferred")
     if affinity not in ("preferred", "required", "none"):
         raise ValueError(f"BUILDSTUDIO_GPU_AFFINITY must be preferred|required|none, not {affinity!r}")
+    requests, limits = _resources(env.get("BUILDSTUDIO_SANDBOX_RESOURCES"))
+    base = SandboxDefaults()
     sandbox = SandboxDefaults(
         image=env.get("BUILDSTUDIO_SANDBOX_IMAGE", SandboxDefaults.image),
         gpu_affinity=affinity,  # type: ignore[arg-type]  # checked above
+        gpu_node_label=env.get("BUILDSTUDIO_GPU_NODE_LABEL") or base.gpu_node_label,
+        gpu_toleration=env.get("BUILDSTUDIO_GPU_TOLERATION", "true").lower() != "false",
+        service_account_name=env.get("BUILDSTUDIO_SANDBOX_SERVICE_ACCOUNT") or None,
         runtime_class_name=env.get("BUILDSTUDIO_RUNTIME_CLASS") or None,
+        requests=requests,
+        limits=limits,
+        workspace_size=env.get("BUILDSTUDIO_WORKSPACE_SIZE") or base.workspace_size,
+        home_size=env.get("BUILDSTUDIO_HOME_SIZE") or base.home_size,
+        tmp_size=env.get("BUILDSTUDIO_TMP_SIZE") or base.tmp_size,
     )
     return Settings(
         sandbox=sandbox,
@@ -83,4 +119,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         image_pull_grace_seconds=_env_float(env, "BUILDSTUDIO_IMAGE_PULL_GRACE", 120.0),
         preflight_interval=_env_float(env, "BUILDSTUDIO_PREFLIGHT_INTERVAL", 30.0),
         queue_poll_interval=_env_float(env, "BUILDSTUDIO_QUEUE_POLL_INTERVAL", 2.0),
+        model_base_url=env.get("BUILDSTUDIO_MODEL_BASE_URL") or None,
+        model_backend=env.get("BUILDSTUDIO_MODEL_BACKEND") or None,
+        max_running=_env_int(env, "BUILDSTUDIO_MAX_RUNNING"),
+        max_running_per_model=_env_int(env, "BUILDSTUDIO_MAX_RUNNING_PER_MODEL"),
     )

@@ -411,12 +411,15 @@ class DispatchDriver:
             if source is None:
                 raise kopf.TemporaryError(f"source dispatch {d.spec.source.dispatch} is gone", delay=5)
             review = review_input(source)
+        key_ref = spec.model_service.api_key_secret if spec.model_service else None
+        model_key = mf.SecretKey(key_ref.name, key_ref.key) if key_ref is not None else None
         runner, config = mf.sandbox_files(
             d.spec,
             model=action.model,
             base_url=base_url,
             context=action.context,
             relay=wants_repair(engine, action.model),
+            api_key_env=mf.MODEL_API_KEY_ENV if model_key is not None else None,
             review=review,
         )
         defaults = self.ctx.settings.sandbox
@@ -442,6 +445,7 @@ class DispatchDriver:
             model_base_url=base_url,
             sandbox=d.spec.sandbox.to_api() if d.spec.sandbox else {},
             repo_credentials=repo_creds,
+            model_api_key=model_key,
         )
         # The egress policy exists before the pod, so the sandbox never runs unrestricted.
         await asyncio.gather(

@@ -121,6 +121,14 @@ async def seed_engines(ctx: OperatorContext, logger: Logger) -> None:
     for entry in entries:
         if not entry.spec.bake_in_default:
             continue
+        cfg = ctx.settings
+        entry = engine_registry.with_overrides(
+            entry,
+            base_url=cfg.model_base_url,
+            backend=cfg.model_backend,
+            max_running=cfg.max_running,
+            max_running_per_model=cfg.max_running_per_model,
+        )
         wanted = engine_registry.as_object(entry)
         existing = await ctx.kube.get("BuildEngine", entry.name)
         if existing is None:

@@ -7,8 +7,10 @@ from one ``git rev-parse`` instead. Anything unusual takes the GitPython path, a
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from buildstudio.runner.spec import RepoSource
@@ -33,6 +35,24 @@ def prepare(workspace: Path, repo: RepoSource | None) -> str:
     return base_commit(workspace)
 
 
+def credential_env(url: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """Git config, as environment, that sends ``BUILDSTUDIO_GIT_TOKEN`` (from the dispatch's
+    ``repo.credentialsSecret``) to an http(s) remote: never in argv, the URL or ``.git/config``,
+    and only for the clone. The user name defaults to ``x-access-token`` (GitHub; GitLab takes
+    ``oauth2``), set with ``BUILDSTUDIO_GIT_USERNAME``."""
+    token = environ.get("BUILDSTUDIO_GIT_TOKEN", "")
+    if not token or not url.startswith(("https://", "http://")):
+        return {}
+    user = environ.get("BUILDSTUDIO_GIT_USERNAME") or "x-access-token"
+    basic = base64.b64encode(f"{user}:{token}".encode()).decode()
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+
+
 def clone(workspace: Path, repo: RepoSource) -> None:
     import git
 
@@ -40,7 +60,10 @@ def clone(workspace: Path, repo: RepoSource) -> None:
         raise WorkspaceError(f"cannot clone {repo.url} into {workspace}: the directory is not empty")
     workspace.mkdir(parents=True, exist_ok=True)
     try:
-        r = git.Repo.clone_from(repo.url, workspace, no_checkout=bool(repo.ref))
+        extra = credential_env(repo.url, os.environ)
+        r = git.Repo.clone_from(
+            repo.url, workspace, no_checkout=bool(repo.ref), env={**os.environ, **extra} if extra else None
+        )
         if repo.ref:
             r.git.checkout(repo.ref)
     except git.GitCommandError as e:
