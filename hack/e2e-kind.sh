@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end on a real cluster with kind (needs Docker + kind + kubectl + helm).
 # Builds both images, loads them into a throw-away kind cluster, installs the CRDs and the chart,
-# runs the scripted/replay model server in-cluster as the "local model service", applies a
-# BuildDispatch, waits for Succeeded and checks the diff. `make e2e` skips it where Docker is absent.
+# runs the scripted/replay model server in-cluster as the "local model service", applies a plan-phase
+# BuildDispatch (sandbox pod, runner, model service, result channel, status), waits for Succeeded and
+# checks the answer. `make e2e` skips it where Docker is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLUSTER=${CLUSTER:-buildstudio-e2e}
@@ -22,7 +23,7 @@ kubectl label node "$CLUSTER-control-plane" nvidia.com/gpu.present=true --overwr
 
 kubectl apply --server-side -f crds/
 kubectl create namespace models --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n models create configmap replay --from-file=replay.json=examples/replays/add-subtract.json \
+kubectl -n models create configmap replay --from-file=replay.json=examples/replays/plan.json \
   --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n models apply -f - <<YAML
 apiVersion: v1
@@ -32,7 +33,8 @@ spec:
   containers:
     - name: model
       image: buildstudio/sandbox:$TAG
-      command: [python, -m, buildstudio.scripted_server, --replay, /replay/replay.json, --host, 0.0.0.0, --port, "8000"]
+      command: [python, -m, buildstudio.scripted_server, --script, /replay/replay.json, --no-aux,
+                --host, 0.0.0.0, --port, "8000"]
       ports: [{containerPort: 8000}]
       volumeMounts: [{name: replay, mountPath: /replay}]
   volumes: [{name: replay, configMap: {name: replay}}]
@@ -46,7 +48,7 @@ kubectl -n models wait pod/model --for=condition=Ready --timeout=120s
 
 helm upgrade --install build-studio charts/build-studio -n $NS --create-namespace \
   --set image.repository=buildstudio/operator --set image.tag=$TAG \
-  --set sandbox.image=buildstudio/sandbox:$TAG \
+  --set sandbox.image.repository=buildstudio/sandbox --set sandbox.image.tag=$TAG \
   --set modelService.baseURL=http://model.models.svc.cluster.local:8000/v1 --wait --timeout 180s
 
 kubectl create namespace e2e --dry-run=client -o yaml | kubectl apply -f -
@@ -55,12 +57,12 @@ apiVersion: buildstudio.dpf.dev/v1alpha1
 kind: BuildDispatch
 metadata: {name: e2e}
 spec:
-  prompt: Add a subtract function to calc.py.
-  repo: {url: "file:///opt/buildstudio/sample-repo", ref: main}
+  phase: plan
+  prompt: Plan how to add subtraction, multiplication and division to the calculator, with tests.
   model: qwen3-coder
 YAML
 kubectl -n e2e wait bd/e2e --for=condition=Succeeded --timeout=600s
 kubectl -n e2e get bd e2e -o wide
 test "$(kubectl -n e2e get bd e2e -o jsonpath='{.status.reason}')" = Completed
-kubectl -n e2e get bd e2e -o jsonpath='{.status.diff}' | grep -q 'def subtract'
+kubectl -n e2e get bd e2e -o jsonpath='{.status.finalText}' | grep -q 'ZeroDivisionError'
 echo "e2e passed"

@@ -316,6 +316,7 @@ async def _serve(args: argparse.Namespace) -> None:
         replay.script,
         model=args.model or replay.model,
         no_aux=args.no_aux,
+        host=args.host,
         port=args.port,
         log_path=Path(args.log) if args.log else None,
     )
@@ -334,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m buildstudio.scripted_server", description=_DOC_TITLE)
     ap.add_argument("--script", required=True, help="script JSON list, or a replay file")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (loopback by default; 0.0.0.0 only in a cluster pod)"
+    )
     ap.add_argument("--port-file", help="write the chosen port here once listening")
     ap.add_argument("--log", help="append every request as a JSON line")
     ap.add_argument("--model", default="", help="model id served by GET /v1/models")

@@ -31,7 +31,8 @@ class Repo(ApiModel):
 
     url: str = Field(
         description="Clone URL (https://, http://, ssh://, git@host:path or file://).",
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         pattern=r"^(https?://|ssh://|git@[^\s:]+:|file://)[^\s]+$",
     )
     ref: str = Field("main", description="Branch, tag or commit to start from.", min_length=1, max_length=255)
@@ -43,12 +44,22 @@ class Repo(ApiModel):
 class Timeouts(ApiModel):
     """Time limits. The queue timeout counts from creation, the run timeout from Running."""
 
-    queue_seconds: int = Field(3600, description="Longest wait for admission before the dispatch fails "
-                               "with QueueTimeout.", ge=1, le=7 * 86400)
-    run_seconds: int = Field(1800, description="Longest run of the engine; then it is stopped, the partial "
-                             "diff kept, and the dispatch fails with TimedOut.", ge=30, le=86400)
-    idle_seconds: int = Field(300, description="Longest silence of the engine's event stream before it is "
-                              "stopped (IdleTimeout).", ge=10, le=86400)
+    queue_seconds: int = Field(
+        3600, description="Longest wait for admission before the dispatch fails with QueueTimeout.", ge=1, le=7 * 86400
+    )
+    run_seconds: int = Field(
+        1800,
+        description="Longest run of the engine; then it is stopped, the partial "
+        "diff kept, and the dispatch fails with TimedOut.",
+        ge=30,
+        le=86400,
+    )
+    idle_seconds: int = Field(
+        300,
+        description="Longest silence of the engine's event stream before it is stopped (IdleTimeout).",
+        ge=10,
+        le=86400,
+    )
 
 
 class ResourceList(ApiModel):
@@ -61,27 +72,37 @@ class ResourceList(ApiModel):
 class Sandbox(ApiModel):
     """Placement and resources of the sandbox pod; unset fields take the operator's defaults."""
 
-    image: str | None = Field(None, description="Sandbox image (default: the engine's, then the operator's).",
-                              max_length=512)
+    image: str | None = Field(
+        None, description="Sandbox image (default: the engine's, then the operator's).", max_length=512
+    )
     resources: ResourceList | None = Field(None, description="Container resources.")
-    node_selector: dict[str, str] | None = Field(None, description="Node selector, replacing the default GPU-node "
-                                                 "affinity when set.")
+    node_selector: dict[str, str] | None = Field(
+        None, description="Node selector, replacing the default GPU-node affinity when set."
+    )
     tolerations: list[dict[str, Any]] | None = Field(
-        None, description="Tolerations, replacing the default nvidia.com/gpu toleration when set.",
+        None,
+        description="Tolerations, replacing the default nvidia.com/gpu toleration when set.",
         json_schema_extra={"items": {"type": "object", **FREE_FORM}},
     )
-    affinity: dict[str, Any] | None = Field(None, description="Pod affinity (core/v1 Affinity), replacing the "
-                                            "default GPU-node affinity when set.", json_schema_extra=FREE_FORM)
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="Pod affinity (core/v1 Affinity), replacing the default GPU-node affinity when set.",
+        json_schema_extra=FREE_FORM,
+    )
     runtime_class_name: str | None = Field(None, description="RuntimeClass, e.g. gvisor or kata.", max_length=253)
-    gpu: bool = Field(False, description="Request one nvidia.com/gpu. Off by default: the agent is a client of "
-                      "the model service and needs no GPU of its own.")
+    gpu: bool = Field(
+        False,
+        description="Request one nvidia.com/gpu. Off by default: the agent is a client of "
+        "the model service and needs no GPU of its own.",
+    )
 
 
 class SourceRef(ApiModel):
     """The dispatch whose result a review or ship phase works on."""
 
-    dispatch: str = Field(description="Name of a BuildDispatch in the same namespace.", min_length=1,
-                          max_length=253, pattern=NAME_PATTERN)
+    dispatch: str = Field(
+        description="Name of a BuildDispatch in the same namespace.", min_length=1, max_length=253, pattern=NAME_PATTERN
+    )
 
 
 class Approval(ApiModel):
@@ -94,22 +115,37 @@ class Approval(ApiModel):
 class BuildDispatchSpec(ApiModel):
     """One task: a prompt for an engine and model, on a repository."""
 
-    prompt: str = Field(description="The task, given to the engine verbatim (never through a shell).",
-                        min_length=1, max_length=262_144)
-    repo: Repo | None = Field(None, description="Repository to work in (required for build, review and ship).")
-    engine: str | None = Field(None, description="BuildEngine name. Unset: auto-detected — the present engine "
-                               "that serves the model (opencode for a local model).", max_length=253)
-    model: str | None = Field(None, description="Model id. Unset: the engine's strong-tier model.",
-                              max_length=256)
-    phase: Phase = Field("build", description="Pipeline phase: ideate and plan generate text with the strongest "
-                         "local model; build runs the engine in a sandbox; review and ship are governed gates.")
+    prompt: str = Field(
+        description="The task, given to the engine verbatim (never through a shell).", min_length=1, max_length=262_144
+    )
+    repo: Repo | None = Field(
+        None, description="Repository to work in (required for build; review and ship work on spec.source)."
+    )
+    engine: str | None = Field(
+        None,
+        description="BuildEngine name. Unset: auto-detected — the present engine "
+        "that serves the model (opencode for a local model).",
+        max_length=253,
+    )
+    model: str | None = Field(None, description="Model id. Unset: the engine's strong-tier model.", max_length=256)
+    phase: Phase = Field(
+        "build",
+        description="Pipeline phase: ideate and plan generate text with the strongest "
+        "local model; build runs the engine in a sandbox; review and ship are governed gates.",
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Queue, run and idle time limits.")
-    step_budget: int | None = Field(None, description="Most model steps before the engine is stopped "
-                                    "(opencode has no enforced limit of its own).", ge=1, le=10_000)
-    ttl_seconds_after_finished: int | None = Field(None, description="Delete the dispatch this long after it "
-                                                   "finished.", ge=0, le=365 * 86400)
-    cancel: bool = Field(False, description="Set to true to stop the dispatch; the partial diff is kept. "
-                         "Cannot be undone.")
+    step_budget: int | None = Field(
+        None,
+        description="Most model steps before the engine is stopped (opencode has no enforced limit of its own).",
+        ge=1,
+        le=10_000,
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, description="Delete the dispatch this long after it finished.", ge=0, le=365 * 86400
+    )
+    cancel: bool = Field(
+        False, description="Set to true to stop the dispatch; the partial diff is kept. Cannot be undone."
+    )
     sandbox: Sandbox | None = Field(None, description="Sandbox pod overrides.")
     source: SourceRef | None = Field(None, description="review/ship: the dispatch whose diff is reviewed or shipped.")
     approval: Approval | None = Field(None, description="ship: the human approval the diff is applied under.")
@@ -117,12 +153,21 @@ class BuildDispatchSpec(ApiModel):
 
 DISPATCH_RULES = [
     cel("self.phase != 'build' || has(self.repo)", "build needs spec.repo", field_path=".repo"),
-    cel("!(self.phase in ['review', 'ship']) || has(self.source)", "review and ship need spec.source",
-        field_path=".source"),
-    cel("self.phase != 'ship' || has(self.approval)", "ship needs spec.approval: a diff is never applied "
-        "without it", field_path=".approval"),
-    cel("self.timeouts.idleSeconds <= self.timeouts.runSeconds", "timeouts.idleSeconds must not exceed "
-        "timeouts.runSeconds", field_path=".timeouts.idleSeconds"),
+    cel(
+        "!(self.phase in ['review', 'ship']) || has(self.source)",
+        "review and ship need spec.source",
+        field_path=".source",
+    ),
+    cel(
+        "self.phase != 'ship' || has(self.approval)",
+        "ship needs spec.approval: a diff is never applied without it",
+        field_path=".approval",
+    ),
+    cel(
+        "self.timeouts.idleSeconds <= self.timeouts.runSeconds",
+        "timeouts.idleSeconds must not exceed timeouts.runSeconds",
+        field_path=".timeouts.idleSeconds",
+    ),
 ]
 # Fields that may change after creation: cancel (one way), ttlSecondsAfterFinished, approval.
 IMMUTABLE_FIELDS = ("prompt", "repo", "engine", "model", "phase", "timeouts", "stepBudget", "sandbox", "source")
@@ -137,8 +182,9 @@ class Progress(ApiModel):
     tokens: int = Field(0, description="Tokens so far (input + output).", ge=0)
     last_tool: str = Field("", description="Last tool call, e.g. 'edit calc.py'.", max_length=256)
     message: str = Field("", description="Last progress message.", max_length=512)
-    updated_at: str | None = Field(None, description="When progress was last written.",
-                                   json_schema_extra={"format": "date-time"})
+    updated_at: str | None = Field(
+        None, description="When progress was last written.", json_schema_extra={"format": "date-time"}
+    )
 
 
 class Tokens(ApiModel):
@@ -160,10 +206,12 @@ class Summary(ApiModel):
     tool_errors: int = Field(0, description="Tool calls that failed.", ge=0)
     files_changed: int = Field(0, description="Files in the diff.", ge=0)
     tokens: Tokens = Field(default_factory=Tokens, description="Token usage.")
-    cost: str = Field("0", description="Cost reported by the engine (0 for a local model), as a decimal string.",
-                      max_length=32)
-    repaired_tool_calls: int = Field(0, description="Text-format tool calls the repair relay turned into API "
-                                     "tool calls.", ge=0)
+    cost: str = Field(
+        "0", description="Cost reported by the engine (0 for a local model), as a decimal string.", max_length=32
+    )
+    repaired_tool_calls: int = Field(
+        0, description="Text-format tool calls the repair relay turned into API tool calls.", ge=0
+    )
     duration_seconds: int = Field(0, description="Wall time of the run.", ge=0)
 
 
@@ -193,8 +241,7 @@ class ReviewStatus(ApiModel):
     verdict: Literal["Approve", "RequestChanges", "Unclear"] = Field(
         description="Approve, RequestChanges, or Unclear (no single verdict line in the answer)."
     )
-    diff_sha256: str = Field("", description="sha256 of the reviewed diff (the source's patch-sha256).",
-                             max_length=64)
+    diff_sha256: str = Field("", description="sha256 of the reviewed diff (the source's patch-sha256).", max_length=64)
 
 
 class BuildDispatchStatus(ApiModel):
@@ -207,34 +254,41 @@ class BuildDispatchStatus(ApiModel):
     conditions: list[Condition] = conditions_field(
         "ModelReady, Admitted, Running and Succeeded (terminal: kubectl wait --for=condition=Succeeded)."
     )
-    engine: str = Field("", description="Engine the dispatch runs on (resolved when auto-detected).",
-                        max_length=253)
+    engine: str = Field("", description="Engine the dispatch runs on (resolved when auto-detected).", max_length=253)
     model: str = Field("", description="Model the dispatch runs on (resolved when defaulted).", max_length=256)
     attempt: int = Field(0, description="Sandbox attempt number; the pod is named <dispatch>-<attempt>.", ge=0)
     pod_name: str = Field("", description="Current sandbox pod.", max_length=253)
     queue_position: int | None = Field(None, description="1-based position while Queued.", ge=0)
     progress: Progress | None = Field(None, description="Live counters while running.")
-    recent_events: list[str] = Field(default_factory=list, description="Last engine events, one line each.",
-                                     max_length=20, json_schema_extra={"items": {"type": "string",
-                                                                                 "maxLength": 512}})
+    recent_events: list[str] = Field(
+        default_factory=list,
+        description="Last engine events, one line each.",
+        max_length=20,
+        json_schema_extra={"items": {"type": "string", "maxLength": 512}},
+    )
     summary: Summary | None = Field(None, description="Final counters of the run.")
     diff_stat: DiffStat | None = Field(None, description="Size of the diff.")
     diff_summary: str = Field("", description="+additions/-deletions, for the printer column.", max_length=64)
-    diff: str = Field("", description="Unified diff excerpt (at most 16 KiB, cut at a line, with a marker).",
-                      max_length=17_000)
+    diff: str = Field(
+        "", description="Unified diff excerpt (at most 16 KiB, cut at a line, with a marker).", max_length=17_000
+    )
     diff_bytes: int = Field(0, description="Size of the whole diff in bytes.", ge=0)
     diff_truncated: bool = Field(False, description="The excerpt is shorter than the whole diff.")
-    patch_config_map: str = Field("", description="Owned ConfigMap holding the whole patch (gzip, key patch.gz).",
-                                  max_length=253)
+    patch_config_map: str = Field(
+        "", description="Owned ConfigMap holding the whole patch (gzip, key patch.gz).", max_length=253
+    )
     final_text: str = Field("", description="The engine's final answer (at most 4 KiB).", max_length=4200)
     model_service: ModelObservation | None = Field(None, description="Preflight observation.")
     review: ReviewStatus | None = Field(None, description="review phase: the verdict and the diff it is for.")
-    admitted_at: str | None = Field(None, description="When the gate admitted it.",
-                                    json_schema_extra={"format": "date-time"})
-    started_at: str | None = Field(None, description="When the sandbox started running.",
-                                   json_schema_extra={"format": "date-time"})
-    finished_at: str | None = Field(None, description="When it reached a terminal state.",
-                                    json_schema_extra={"format": "date-time"})
+    admitted_at: str | None = Field(
+        None, description="When the gate admitted it.", json_schema_extra={"format": "date-time"}
+    )
+    started_at: str | None = Field(
+        None, description="When the sandbox started running.", json_schema_extra={"format": "date-time"}
+    )
+    finished_at: str | None = Field(
+        None, description="When it reached a terminal state.", json_schema_extra={"format": "date-time"}
+    )
 
 
 class BuildDispatch(ApiModel):
