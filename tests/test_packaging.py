@@ -146,28 +146,27 @@ def _one(docs: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
-# --- the least-privilege RBAC the operator needs (its API calls, nothing more) ----------------------------
+# --- the least-privilege RBAC: exactly the operator's API calls (README, 'Kubernetes API calls') ----------
 def _triples(group: str, resources: Iterable[str], verbs: Iterable[str]) -> set[Triple]:
     return {(group, r, v) for r in resources for v in verbs}
 
 
 CLUSTER_SCOPED: set[Triple] = (
     _triples("buildstudio.dpf.dev", ["buildengines"], ["get", "list", "watch", "patch", "create"])
-    | _triples("buildstudio.dpf.dev", ["buildengines/status"], ["get", "patch", "update"])
-    | _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "list", "watch"])
+    | _triples("buildstudio.dpf.dev", ["buildengines/status"], ["patch"])
+    | _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ["list", "watch"])
 )
 # Only namespaced kopf lists/watches namespaces (kopf/_core/reactor/observation.py, namespace_observer).
 NAMESPACE_SCAN: set[Triple] = _triples("", ["namespaces"], ["list", "watch"])
 NAMESPACED: set[Triple] = (
     _triples("buildstudio.dpf.dev", ["builddispatches"], ["get", "list", "watch", "patch", "delete"])
-    | _triples("buildstudio.dpf.dev", ["builddispatches/status"], ["get", "patch", "update"])
+    | _triples("buildstudio.dpf.dev", ["builddispatches/status"], ["patch"])
     | _triples("", ["pods"], ["create", "get", "list", "watch", "delete"])
     | _triples("", ["pods/log"], ["get"])
-    | _triples("", ["configmaps"], ["create", "get", "list", "watch", "patch", "delete"])
+    | _triples("", ["configmaps"], ["create", "get"])
     | _triples("", ["secrets"], ["get"])
-    | _triples("", ["events"], ["create", "patch"])
-    | _triples("events.k8s.io", ["events"], ["create", "patch"])
-    | _triples("networking.k8s.io", ["networkpolicies"], ["create", "get", "list", "watch", "patch", "delete"])
+    | _triples("", ["events"], ["create"])
+    | _triples("networking.k8s.io", ["networkpolicies"], ["create", "get"])
 )
 CLUSTER_PEERING = _triples("kopf.dev", ["clusterkopfpeerings"], ["get", "list", "watch", "patch"])
 NAMESPACED_PEERING = _triples("kopf.dev", ["kopfpeerings"], ["get", "list", "watch", "patch"])

@@ -29,7 +29,12 @@ async def test_apply_wait_get_logs(cluster: Cluster, kubectl: Kubectl) -> None:
     assert "builddispatch.buildstudio.dpf.dev/hello created" in applied.stdout
     await kubectl("wait", "--for=condition=Succeeded", "bd/hello", "--timeout=60s", timeout=70)
     listed = await kubectl("get", "bd")
-    assert "hello" in listed.stdout
+    assert listed.stdout.split()[:6] == ["NAME", "PHASE", "REASON", "ENGINE", "MODEL", "AGE"]
+    assert listed.stdout.splitlines()[1].split()[:5] == ["hello", "Succeeded", "Completed", "opencode", "qwen3-coder"]
+    wide = await kubectl("get", "bd", "-o", "wide")
+    assert wide.stdout.split()[6:10] == ["DIFF", "QUEUE", "POD", "SUCCEEDED"]
+    assert "+1/-0" in wide.stdout and "hello-1" in wide.stdout
+    print(wide.stdout)
     logs = await kubectl("logs", "hello-1")
     assert '"kind":"result"' in logs.stdout
     obj = yaml.safe_load((await kubectl("get", "bd", "hello", "-o", "yaml")).stdout)

@@ -90,11 +90,11 @@ app.kubernetes.io/component: operator
   verbs: ["get", "list", "watch", "patch", "create"]
 - apiGroups: ["buildstudio.dpf.dev"]
   resources: ["buildengines/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # kopf scans CRDs to discover the resources it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- if .Values.watchNamespaces }}
 # Namespaced kopf follows namespaces to notice its namespaces coming and going (cluster-wide kopf
 # does not: kopf/_core/reactor/observation.py, namespace_observer).
@@ -114,7 +114,7 @@ app.kubernetes.io/component: operator
   verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["buildstudio.dpf.dev"]
   resources: ["builddispatches/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create", "get", "list", "watch", "delete"]
@@ -122,24 +122,23 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# Runner spec + opencode config, and the full patch of a finished dispatch.
+# Runner spec + opencode config, and the full patch of a finished dispatch (deleted with their
+# dispatch by the garbage collector, through owner references).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+  verbs: ["create", "get"]
 # Only whether a credential Secret exists; values are never read into status or logs.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# kopf posts core/v1 Events.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # The sandbox's egress policy (DNS, model service, git remote).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+  verbs: ["create", "get"]
 {{- if and .Values.peering.enabled .Values.watchNamespaces }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
