@@ -103,7 +103,7 @@ def build_registry(
     async def cleanup(memo: Any, **_: Any) -> None:
         ctx = memo.get("ctx")
         if isinstance(ctx, OperatorContext):
-            ctx.kube.close()
+            await ctx.kube.aclose()
 
     @kopf.on.probe(registry=registry, id="dispatchesQueued")
     def queued_probe(memo: Any, **_: Any) -> int:

@@ -341,8 +341,10 @@ class DispatchDriver:
         return model_check(verdict_for(engine, gate.model, obs), obs)
 
     async def apply(self, d: m.Dispatch, step: m.Step) -> None:
-        """Write one step. The patch ConfigMap exists before a status names it; pods, events and
-        metrics follow the status (a crash in between relaunches by the deterministic pod name)."""
+        """Write one step. The patch ConfigMap exists before a status names it; events and metrics
+        follow the status. A pod goes out with the status that records its attempt: the pod's
+        name is deterministic (dispatch + attempt), so if the status write is lost, the retry
+        decides the same attempt again and adopts the pod (409) instead of creating a second."""
         first = (m.StorePatch, m.DeletePod)
         for action in step.actions:
             if isinstance(action, first):
@@ -351,10 +353,12 @@ class DispatchDriver:
         if launch is None:
             await self.write_status(d, step)
         else:
-            # The status (Admitted, Launching) and the pod's ConfigMap and NetworkPolicy together;
-            # the pod only after all three exist.
-            pod, _ = await asyncio.gather(self.prepare_launch(d, launch), self.write_status(d, step))
-            await self.ctx.kube.create(pod)
+            # Concurrently: the status (Admitted, Launching) and the launch chain, in which the pod
+            # waits for its ConfigMap and egress NetworkPolicy. Both finish before this returns.
+            results = await asyncio.gather(self.launch(d, launch), self.write_status(d, step), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         for action in step.actions:
             if not isinstance(action, (*first, m.Launch)):
                 await self.act(d, action)
@@ -378,7 +382,7 @@ class DispatchDriver:
         if isinstance(action, m.Emit):
             kopf.event(self.body, type=action.type, reason=action.reason, message=action.message)
         elif isinstance(action, m.Launch):
-            await kube.create(await self.prepare_launch(d, action))
+            await self.launch(d, action)
         elif isinstance(action, m.DeletePod):
             await kube.delete("Pod", action.name, d.namespace, grace_seconds=action.grace_seconds)
         elif isinstance(action, m.StorePatch):
@@ -396,6 +400,9 @@ class DispatchDriver:
             record_finished(action.engine, action.model, action.reason, action.duration_seconds)
         elif isinstance(action, m.PreflightFailed):
             record_preflight_failure(action.reason)
+
+    async def launch(self, d: m.Dispatch, action: m.Launch) -> None:
+        await self.ctx.kube.create(await self.prepare_launch(d, action))
 
     async def prepare_launch(self, d: m.Dispatch, action: m.Launch) -> dict[str, Any]:
         """Create the attempt's ConfigMap and NetworkPolicy (if absent); the pod manifest to create."""
