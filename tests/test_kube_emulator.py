@@ -93,16 +93,16 @@ def test_merge_patch_removes_nulls_and_replaces_lists() -> None:
 
 def test_pod_paths_env_and_volumes() -> None:
     mounts = pods.mount_points(
-        {"volumeMounts": [{"name": "cfg", "mountPath": "/etc/bs"}, {"name": "work", "mountPath": "/work"},
-                          {"name": "work", "mountPath": "/work/repo", "subPath": "repo"}]},
+        {"volumeMounts": [{"name": "cfg", "mountPath": "/etc/bs"}, {"name": "work", "mountPath": "/data"},
+                          {"name": "work", "mountPath": "/data/repo", "subPath": "repo"}]},
         {"cfg": "/tmp/c", "work": "/tmp/w"})
     assert pods.map_paths("--config=/etc/bs/config.json", mounts) == "--config=/tmp/c/config.json"
-    assert pods.map_paths("/work/repo/x:/work", mounts) == "/tmp/w/repo/x:/tmp/w"
+    assert pods.map_paths("/data/repo/x:/data", mounts) == "/tmp/w/repo/x:/tmp/w"
     assert pods.map_paths("/workspace /etc/bsx", mounts) == "/workspace /etc/bsx"  # not a mount path
     under_tmp = pods.mount_points({"volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                                                    {"name": "work", "mountPath": "/work"}]},
-                                  {"tmp": "/tmp/t/volumes/tmp", "work": "/tmp/t/volumes/work"})
-    assert pods.map_paths("/work/x:/tmp/y", under_tmp) == "/tmp/t/volumes/work/x:/tmp/t/volumes/tmp/y"
+                                                    {"name": "work", "mountPath": "/data"}]},
+                                  {"tmp": "/tmp/t/volumes/tmp", "work": "/tmp/t/volumes/data"})
+    assert pods.map_paths("/data/x:/tmp/y", under_tmp) == "/tmp/t/volumes/data/x:/tmp/t/volumes/tmp/y"
     # A host path that exists (a checkout under /tmp running the test's interpreter) stays as it is.
     with tempfile.NamedTemporaryFile(dir="/tmp") as host_file:
         assert pods.map_paths(host_file.name, under_tmp) == host_file.name
@@ -443,9 +443,9 @@ async def test_kubelet_maps_volumes_and_env(k8s: Kube, kubelet: Kubelet) -> None
         {"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "work", "emptyDir": {}}])
     container = body["spec"]["containers"][0]
     container["args"] = ["/etc/bs/config.json"]
-    container["volumeMounts"] = [{"name": "cfg", "mountPath": "/etc/bs"}, {"name": "work", "mountPath": "/work"}]
+    container["volumeMounts"] = [{"name": "cfg", "mountPath": "/etc/bs"}, {"name": "work", "mountPath": "/data"}]
     container["env"] = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
-                        {"name": "OUT", "value": "/work/out"}]
+                        {"name": "OUT", "value": "/data/out"}]
     await k8s.create(PODS, body)
     pod = await pod_phase(k8s, "mapped", "Failed", "Succeeded")
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]

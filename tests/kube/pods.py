@@ -101,14 +101,14 @@ def mount_points(container: Mapping[str, Any], volume_dirs: Mapping[str, str]) -
 
 def map_paths(value: str, mounts: Sequence[tuple[str, str]]) -> str:
     """Replace in-container paths under a mountPath with the local directory, wherever they appear
-    as a path (`/work/x`, `--config=/etc/bs/c.json`, `a:/work`), not inside other words.
+    as a path (`/data/x`, `--config=/etc/bs/c.json`, `a:/data`), not inside other words.
 
     One pass over the value: a local directory that itself lies under another mountPath (a pod
     mounting /tmp while the test's directories are in /tmp) is not mapped twice."""
     if not mounts:
         return value
     local_of = dict(mounts)
-    alternatives = "|".join(re.escape(path) for path, _ in mounts)  # longest first: /work/repo before /work
+    alternatives = "|".join(re.escape(path) for path, _ in mounts)  # longest first: /data/repo before /data
     pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[^\w.-])")
 
     def local(m: re.Match[str]) -> str:
