@@ -440,10 +440,10 @@ async def test_kubelet_maps_volumes_and_env(k8s: Kube, kubelet: Kubelet) -> None
               "print(json.load(open(sys.argv[1]))['x'], os.environ['TOKEN'], os.environ['OUT']); "
               "pathlib.Path(os.environ['OUT']).write_text('ok'); sys.exit(3)")
     body = pod_body("mapped", ["python", "-c", script], volumes=[
-        {"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "work", "emptyDir": {}}])
+        {"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "scratch", "emptyDir": {}}])
     container = body["spec"]["containers"][0]
     container["args"] = ["/etc/bs/config.json"]
-    container["volumeMounts"] = [{"name": "cfg", "mountPath": "/etc/bs"}, {"name": "work", "mountPath": "/data"}]
+    container["volumeMounts"] = [{"name": "cfg", "mountPath": "/etc/bs"}, {"name": "scratch", "mountPath": "/data"}]
     container["env"] = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
                         {"name": "OUT", "value": "/data/out"}]
     await k8s.create(PODS, body)
@@ -451,7 +451,7 @@ async def test_kubelet_maps_volumes_and_env(k8s: Kube, kubelet: Kubelet) -> None
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (pod["status"]["phase"], terminated["exitCode"], terminated["reason"]) == ("Failed", 3, "Error")
     one, token, out = (await k8s.logs("mapped")).strip().split(" ")
-    assert (one, token) == ("1", "s3cr3t") and out.endswith("/volumes/work/out")
+    assert (one, token) == ("1", "s3cr3t") and out.endswith("/volumes/scratch/out")
     assert await asyncio.to_thread(pathlib.Path(out).read_text) == "ok"  # the emptyDir is a real directory
     argv = kubelet.process_argv("mapped")
     assert argv is not None and argv[-1].endswith("/volumes/cfg/config.json")
