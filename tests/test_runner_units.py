@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import git
@@ -468,3 +472,69 @@ def test_private_repo_token_reaches_git_config_only_through_the_environment() ->
         "https://gl.example/r.git", {"BUILDSTUDIO_GIT_TOKEN": "t", "BUILDSTUDIO_GIT_USERNAME": "oauth2"}
     )
     assert b64.b64decode(gitlab["GIT_CONFIG_VALUE_0"].split()[-1]) == b"oauth2:t"
+
+
+def _serve_dumb_http(root: Path, port: int) -> ThreadingHTTPServer:
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_clone_retries_until_the_remote_answers(tmp_path: Path) -> None:
+    """In a cluster the pod's egress policy may apply a moment after the container starts."""
+    src = _repo(tmp_path / "src")
+    _git(tmp_path, "clone", "-q", "--bare", str(tmp_path / "src"), str(tmp_path / "www" / "r.git"))
+    _git(tmp_path / "www" / "r.git", "update-server-info")  # dumb HTTP
+    port = _free_port()
+    servers: list[ThreadingHTTPServer] = []
+    timer = threading.Timer(0.4, lambda: servers.append(_serve_dumb_http(tmp_path / "www", port)))
+    timer.start()
+    try:
+        repo = RepoSource(url=f"http://127.0.0.1:{port}/r.git")
+        workspace.clone(tmp_path / "ws", repo, delays=(0.3, 0.6, 1.2, 2.4))
+    finally:
+        timer.join()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert workspace.base_commit(tmp_path / "ws") == src.head.commit.hexsha
+    assert (tmp_path / "ws" / "a.txt").read_text() == "one\n"
+
+
+def test_clone_gives_up_after_its_retries_and_says_so(tmp_path: Path) -> None:
+    repo = RepoSource(url=f"http://127.0.0.1:{_free_port()}/r.git")
+    with pytest.raises(workspace.WorkspaceError, match=r"failed \(after 3 tries\): .*(refused|connect)") as e:
+        workspace.clone(tmp_path / "ws", repo, delays=(0.01, 0.01))
+    assert repo.url in str(e.value)
+    assert not any((tmp_path / "ws").iterdir())
+
+
+def test_clone_does_not_retry_a_refusal(tmp_path: Path) -> None:
+    _repo(tmp_path / "src")
+    repo = RepoSource(url=str(tmp_path / "src"), ref="no-such-branch")
+    with pytest.raises(workspace.WorkspaceError) as e:
+        workspace.clone(tmp_path / "ws", repo, delays=(60.0,))  # a retry would hang the test
+    assert "tries" not in str(e.value) and "no-such-branch" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "transient"),
+    [
+        ("fatal: unable to access 'https://g/r.git/': Could not resolve host: g", True),
+        ("fatal: unable to access 'http://h:1/r.git/': Failed to connect to h port 1: Connection refused", True),
+        ("fatal: unable to access 'https://g/r.git/': Connection timed out after 300000 milliseconds", True),
+        ("fatal: the remote end hung up unexpectedly", True),
+        ("remote: Repository not found. fatal: repository 'https://g/r.git/' not found", False),
+        ("fatal: Authentication failed for 'https://g/r.git/'", False),
+        ("error: pathspec 'nope' did not match any file(s) known to git", False),
+    ],
+)
+def test_which_git_failures_are_retried(stderr: str, transient: bool) -> None:
+    assert workspace.is_transient(stderr) is transient

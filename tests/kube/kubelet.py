@@ -147,8 +147,11 @@ class Kubelet:
     node_name = "emulated-node"
 
     def __init__(self, kube: Kube, *, workdir: pathlib.Path, grace_cap: float | None = None,
-                 watch_seconds: int = 30) -> None:
+                 watch_seconds: int = 30, mount_wait: float = 5.0) -> None:
         self.kube = kube
+        # A real kubelet retries a volume whose ConfigMap/Secret is not there yet (the pod stays
+        # ContainerCreating); this one retries for ``mount_wait`` seconds, then reports the error.
+        self.mount_wait = mount_wait
         self.workdir = workdir
         self.grace_cap = grace_cap  # cap on termination grace periods, to keep tests quick
         self.watch_seconds = watch_seconds  # server-side timeout of each pod watch
@@ -361,8 +364,14 @@ class Kubelet:
     async def _start_process(self, run: _PodRun) -> None:
         pod, ns = run.pod, run.namespace
         cm_names, secret_names = pods.referenced_objects(pod)
-        configmaps = await self._fetch_all(CONFIGMAPS, cm_names, ns)
-        secrets = await self._fetch_all(SECRETS, secret_names, ns)
+        deadline = asyncio.get_running_loop().time() + self.mount_wait
+        while True:
+            configmaps = await self._fetch_all(CONFIGMAPS, cm_names, ns)
+            secrets = await self._fetch_all(SECRETS, secret_names, ns)
+            complete = len(configmaps) == len(cm_names) and len(secrets) == len(secret_names)
+            if complete or asyncio.get_running_loop().time() >= deadline or run.terminating.is_set():
+                break
+            await asyncio.sleep(0.05)
         run.directory = self.workdir / f"{ns}_{run.name}_{run.uid[:8]}"
         argv, cwd, env = await asyncio.to_thread(_prepare_sandbox, run.directory, pod, configmaps, secrets,
                                                  run.script)

@@ -141,6 +141,25 @@ def test_egress_policy() -> None:
     assert pol["spec"]["podSelector"]["matchLabels"]["buildstudio.dpf.dev/dispatch"] == "fix-1"
 
 
+def test_baseline_policy_denies_every_sandbox_pod_everything() -> None:
+    """Policies add up: the baseline plus an attempt's egress policy allow what the latter allows,
+    the baseline alone allows nothing — the state of a pod whose own policy has not applied yet."""
+    pol = mf.baseline_policy("dev")
+    golden("baseline-networkpolicy.yaml", pol)
+    assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "egress" not in pol["spec"] and "ingress" not in pol["spec"]
+    assert "ownerReferences" not in pol["metadata"] and pol["metadata"]["namespace"] == "dev"
+    req = mf.SandboxRequest(
+        owner=OWNER, attempt=1, engine=mf.EngineRuntime(name="opencode"), repo_url="https://g/r.git", model_base_url=""
+    )
+    pod_labels = mf.sandbox_pod(req, D)["metadata"]["labels"]
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    probe = mf.probe_pod(OWNER, "img:1", ["opencode", "--version"], "f" * 16, D)
+    assert not pol["spec"]["podSelector"]["matchLabels"].items() <= probe["metadata"]["labels"].items()
+    own = mf.egress_policy(OWNER, "http://ollama.models.svc:11434/v1", "https://github.com/o/r.git", D)
+    assert own["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+
+
 def test_config_map_carries_a_valid_runner_spec_and_opencode_config() -> None:
     spec = BuildDispatchSpec.model_validate(
         {"prompt": "fix it", "repo": {"url": "https://github.com/o/r.git"}, "model": "qwen3-coder", "stepBudget": 40}

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from buildstudio.api.engine import BuildEngineSpec
 from buildstudio.core.admission import Entry, Limits
 from buildstudio.gate import EngineState
+from buildstudio.handlers import FINALIZER, finalizers_with_ours
 from buildstudio.handlers.context import QueueBoard, queue_entry
 from buildstudio.handlers.dispatch import ignored_spec_changes, parse_dispatch
 from buildstudio.handlers.engine import merge_patch_between, needs_probe, parse_version, probe_plan
@@ -96,3 +97,36 @@ def test_queue_board_overlay_wins_over_a_lagging_index() -> None:
     board.put(running)
     plan = board.plan([stale, waiting], {"e": Limits(1, 1)})
     assert plan.admit == frozenset() and plan.positions == {("n", "b"): 1}
+
+
+def test_queue_board_overlay_shrinks_once_the_index_catches_up() -> None:
+    """The overlay bridges the index's lag only; it never grows with the dispatches ever seen."""
+    board = QueueBoard(max_age=0)
+    done = [Entry(key=("n", f"d{i}"), engine="e", model="m", created=str(i), state="other") for i in range(50)]
+    running = Entry(key=("n", "r"), engine="e", model="m", created="0", state="running")
+    waiting = Entry(key=("n", "w"), engine="e", model="m", created="1", state="waiting")
+    for entry in [*done, running, waiting]:
+        board.put(entry)
+    plan = board.plan([running], {"e": Limits(1, 1)})  # the index knows only r; w is not indexed yet
+    assert plan.positions == {("n", "w"): 1} and board.waiting == 1
+    assert set(board.overlay) == {("n", "w")}  # d* are finished and unindexed, r agrees with the index
+    freed = Entry(key=("n", "r"), engine="e", model="m", created="0", state="other")
+    board.put(freed)  # r finished; the index still shows it running
+    plan = board.plan([running], {"e": Limits(1, 1)})
+    assert plan.admit == frozenset({("n", "w")}) and board.waiting == 0
+    assert ("n", "r") in board.overlay  # kept while the index lags
+    board.plan([], {"e": Limits(1, 1)})
+    assert ("n", "r") not in board.overlay
+
+
+def test_finalizer_rides_on_the_create_write_only_when_it_is_safe_and_needed() -> None:
+    running = {"conditions": [{"type": "Admitted", "status": "True"}, {"type": "Running", "status": "Unknown"}]}
+    queued = {"conditions": [{"type": "Admitted", "status": "Unknown", "reason": "Queued"}]}
+    refused = {"conditions": [{"type": "Succeeded", "status": "False", "reason": "NotAdmitted"}]}
+    assert finalizers_with_ours(None, {}, running) == [FINALIZER]
+    assert finalizers_with_ours([], {}, queued) == [FINALIZER]
+    assert finalizers_with_ours(["other.io/keep"], {}, running) is None  # kopf adds ours without dropping theirs
+    assert finalizers_with_ours([FINALIZER], {}, running) is None
+    assert finalizers_with_ours(None, {}, {}) is None  # still at the entry: no daemon yet
+    assert finalizers_with_ours(None, {}, refused) is None  # finished, no TTL: nothing to wait for
+    assert finalizers_with_ours(None, {"ttlSecondsAfterFinished": 60}, refused) == [FINALIZER]

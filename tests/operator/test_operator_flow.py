@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from buildstudio import records
+from buildstudio.core import names
 from buildstudio.core.status import size_of
+from buildstudio.handlers import FINALIZER
 from buildstudio.metrics import REGISTRY
 from buildstudio.records import DiffStat, EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, RunSummary
 from buildstudio.scripted_server import ScriptedServer
@@ -108,6 +110,54 @@ async def test_canned_happy_path(cluster: Cluster) -> None:
     await wait_for(no_finalizer, 10, message="finalizer removed after the dispatch finished")
     # Printed for the closing report: a dispatch's status as kubectl would show it.
     print(json.dumps(st, indent=1)[:6000])
+
+
+def _creates(cluster: Cluster, *plurals: str) -> list[tuple[str, str]]:
+    """(plural, name) of each POST the emulator received for ``plurals``, in arrival order."""
+    out = []
+    for request in cluster.k8s.emulator:
+        if request.resource is None or request.resource.plural not in plurals:
+            continue
+        if str(request.method).upper().endswith("POST") and isinstance(request.data, dict):
+            out.append((request.resource.plural, str(request.data.get("metadata", {}).get("name"))))
+    return out
+
+
+async def test_sandbox_is_fail_closed_from_its_first_packet(cluster: Cluster) -> None:
+    """The pod goes out first (its own egress policy and ConfigMap right after), so the namespace's
+    deny-all baseline, which selects every sandbox pod, must exist before it."""
+    cluster.kubelet.script("closed-1", PodScript.canned(canned_run()))
+    await cluster.dispatch("closed-1")
+    st = await cluster.wait_phase("closed-1", "Succeeded", "Failed")
+    assert st["phase"] == "Succeeded", st
+    order = _creates(cluster, "networkpolicies", "pods", "configmaps")
+    baseline = ("networkpolicies", names.BASELINE_POLICY)
+    pod = ("pods", "closed-1-1")
+    assert order.index(baseline) < order.index(pod) < order.index(("configmaps", "closed-1-config"))
+    assert order.index(pod) < order.index(("networkpolicies", "closed-1-egress"))
+    policy = await cluster.k8s.get(NETWORKPOLICIES, names.BASELINE_POLICY)
+    labels = (await cluster.k8s.get(PODS, "closed-1-1"))["metadata"]["labels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "egress" not in policy["spec"] and "ingress" not in policy["spec"]  # allows nothing
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert not policy["metadata"].get("ownerReferences")  # shared by the namespace's dispatches
+    # A second dispatch in the namespace finds the baseline known: it is not created again.
+    cluster.kubelet.script("closed-2", PodScript.canned(canned_run()))
+    await cluster.dispatch("closed-2")
+    await cluster.wait_phase("closed-2", "Succeeded", "Failed")
+    assert _creates(cluster, "networkpolicies").count(baseline) == 1
+    # The finalizer the dispatch's daemon needs came with kopf's own write after the create
+    # handler (a merge patch), not from a JSON patch racing the status write.
+    first_meta_patch = next(
+        r.data
+        for r in cluster.k8s.emulator
+        if r.resource is not None
+        and r.resource.plural == "builddispatches"
+        and r.name == "closed-1"
+        and r.subresource is None
+        and str(r.method).upper().endswith("PATCH")
+    )
+    assert first_meta_patch["metadata"]["finalizers"] == [FINALIZER]
 
 
 def opencode_bin() -> str | None:

@@ -135,7 +135,7 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# The sandbox's egress policy (DNS, model service, git remote).
+# The sandbox's egress policy (DNS, model service, git remote) and the namespace's deny-all baseline.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["create", "get"]

@@ -355,6 +355,28 @@ def egress_policy(owner: Owner, model_base_url: str, repo_url: str, defaults: Sa
     }
 
 
+def baseline_policy(namespace: str) -> Manifest:
+    """The namespace's deny-all policy for sandbox pods (no owner: shared by every dispatch there).
+
+    NetworkPolicies add up: a sandbox pod selected by this one and by its attempt's egress
+    policy may reach exactly what the latter allows. The per-attempt policy can then be created
+    together with the pod (not before it) without a window of open egress: until it applies,
+    the pod can reach nothing."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": names.BASELINE_POLICY,
+            "namespace": namespace,
+            "labels": {**names.common_labels(), names.LABEL_COMPONENT: "sandbox-baseline"},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {**names.common_labels(), names.LABEL_COMPONENT: "sandbox"}},
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
+
+
 def probe_pod(
     owner: Owner, image: str, command: Sequence[str], fingerprint: str, defaults: SandboxDefaults
 ) -> Manifest:

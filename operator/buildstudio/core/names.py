@@ -48,6 +48,11 @@ def egress_name(dispatch: str) -> str:
     return child_name(dispatch, "egress")
 
 
+# One per namespace that runs sandboxes: selects every sandbox pod and allows nothing, so a pod
+# is fail-closed from its first packet even before its own egress policy takes effect.
+BASELINE_POLICY = "buildstudio-sandbox-baseline"
+
+
 def probe_pod_name(engine: str, fingerprint: str) -> str:
     """Presence probe pod of an engine: one per (image, spec generation) fingerprint."""
     return child_name(f"buildstudio-probe-{engine}", fingerprint[:10])

@@ -17,6 +17,7 @@ from typing import Any
 
 from buildstudio.api.engine import BuildEngineSpec
 from buildstudio.core import conditions as c
+from buildstudio.core import manifests as mf
 from buildstudio.core.admission import Entry, Key, Limits, Plan, plan
 from buildstudio.core.machine import ModelCheck
 from buildstudio.core.settings import Settings
@@ -65,11 +66,52 @@ class QueueBoard:
         if self._plan is not None and not self._dirty and now - self._at < self.max_age:
             return self._plan
         merged = {e.key: e for e in indexed}
-        merged.update(self.overlay)
+        # The overlay only bridges the lag of the index: an entry the index now agrees with (or a
+        # finished one it has dropped) goes, so the overlay stays as small as the lag.
+        for key, entry in list(self.overlay.items()):
+            seen = merged.get(key)
+            if seen == entry or (seen is None and entry.state == "other"):
+                del self.overlay[key]
+            else:
+                merged[key] = entry
         self._plan = plan(merged.values(), limits)
         self._at = now
         self._dirty = False
         return self._plan
+
+    @property
+    def waiting(self) -> int:
+        """Dispatches waiting for a slot, as of the latest plan."""
+        return self._plan.waiting if self._plan is not None else 0
+
+
+class BaselinePolicies:
+    """Makes sure each namespace that runs sandboxes has its deny-all baseline NetworkPolicy.
+
+    Checked once per namespace per ``ttl`` seconds (create; 409 means it is there), with one
+    request in flight per namespace however many dispatches ask at once. A baseline deleted by
+    hand comes back within ``ttl``; meanwhile each pod still has its own egress policy."""
+
+    def __init__(self, kube: Kube, ttl: float = 300.0) -> None:
+        self.kube = kube
+        self.ttl = ttl
+        self._checked: dict[str, float] = {}
+        self._pending: dict[str, asyncio.Task[None]] = {}
+
+    async def ensure(self, namespace: str) -> None:
+        at = self._checked.get(namespace)
+        if at is not None and time.monotonic() - at < self.ttl:
+            return
+        task = self._pending.get(namespace)
+        if task is None:
+            task = asyncio.ensure_future(self._create(namespace))
+            self._pending[namespace] = task
+            task.add_done_callback(lambda _t: self._pending.pop(namespace, None))
+        await asyncio.shield(task)
+
+    async def _create(self, namespace: str) -> None:
+        await self.kube.create(mf.baseline_policy(namespace))
+        self._checked[namespace] = time.monotonic()
 
 
 @dataclass
@@ -80,6 +122,10 @@ class OperatorContext:
     preflight: PreflightCache
     board: QueueBoard = field(default_factory=QueueBoard)
     registry_path: Path | None = None
+    baselines: BaselinePolicies = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.baselines = BaselinePolicies(self.kube)
 
 
 def queue_entry(namespace: str, name: str, meta: Mapping[str, Any], status: Mapping[str, Any]) -> Entry:

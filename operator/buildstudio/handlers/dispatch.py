@@ -353,9 +353,15 @@ class DispatchDriver:
         if launch is None:
             await self.write_status(d, step)
         else:
-            # Concurrently: the status (Admitted, Launching) and the launch chain, in which the pod
-            # waits for its ConfigMap and egress NetworkPolicy. Both finish before this returns.
-            results = await asyncio.gather(self.launch(d, launch), self.write_status(d, step), return_exceptions=True)
+            # The pod first (it is the long pole: scheduling, image pull), then together its
+            # ConfigMap, its egress policy and the status (Admitted, Launching): the namespace's
+            # baseline policy denies the pod all traffic until its own policy applies, and the
+            # kubelet waits for the ConfigMap volume. Every create is idempotent (409 adopts), so
+            # a failed step is retried as a whole and finds the same attempt.
+            pod, *children = await self.prepare_launch(d, launch)
+            await self.ctx.kube.create(pod)
+            writes = [self.ctx.kube.create(child) for child in children]
+            results = await asyncio.gather(*writes, self.write_status(d, step), return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
@@ -402,10 +408,13 @@ class DispatchDriver:
             record_preflight_failure(action.reason)
 
     async def launch(self, d: m.Dispatch, action: m.Launch) -> None:
-        await self.ctx.kube.create(await self.prepare_launch(d, action))
+        pod, *children = await self.prepare_launch(d, action)
+        await self.ctx.kube.create(pod)
+        await asyncio.gather(*(self.ctx.kube.create(child) for child in children))
 
-    async def prepare_launch(self, d: m.Dispatch, action: m.Launch) -> dict[str, Any]:
-        """Create the attempt's ConfigMap and NetworkPolicy (if absent); the pod manifest to create."""
+    async def prepare_launch(self, d: m.Dispatch, action: m.Launch) -> list[dict[str, Any]]:
+        """The attempt's pod, ConfigMap and egress NetworkPolicy to create (pod first), once the
+        namespace's baseline policy is known to exist."""
         engine = self.engine(action.engine)
         if engine is None:
             raise kopf.TemporaryError(f"engine {action.engine!r} is not known yet", delay=2)
@@ -454,12 +463,13 @@ class DispatchDriver:
             repo_credentials=repo_creds,
             model_api_key=model_key,
         )
-        # The egress policy exists before the pod, so the sandbox never runs unrestricted.
-        await asyncio.gather(
-            self.ctx.kube.create(mf.config_map(owner, runner, config)),
-            self.ctx.kube.create(mf.egress_policy(owner, base_url, request.repo_url, defaults)),
-        )
-        return mf.sandbox_pod(request, defaults)
+        # The baseline exists before the pod, so the sandbox never runs unrestricted.
+        await self.ctx.baselines.ensure(d.namespace)
+        return [
+            mf.sandbox_pod(request, defaults),
+            mf.config_map(owner, runner, config),
+            mf.egress_policy(owner, base_url, request.repo_url, defaults),
+        ]
 
     def engine(self, name: str) -> EngineState | None:
         return self.engines.get(name)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +20,21 @@ from buildstudio.runner.spec import RepoSource
 # Environment that changes how GitPython (or git) finds the repository: leave those cases to GitPython.
 _GIT_LOCATION_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY")
 REV_PARSE_TIMEOUT_SECONDS = 30.0
+# A clone that fails to reach the remote is tried again: in a cluster the pod's egress policy is
+# created together with the pod and may take effect a moment after the container starts.
+CLONE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+_TRANSIENT_GIT_ERRORS = (
+    "could not resolve host",
+    "temporary failure in name resolution",
+    "connection refused",
+    "connection timed out",
+    "failed to connect",
+    "couldn't connect to server",
+    "network is unreachable",
+    "no route to host",
+    "the remote end hung up unexpectedly",
+    "early eof",
+)
 
 
 class WorkspaceError(Exception):
@@ -53,22 +70,44 @@ def credential_env(url: str, environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def clone(workspace: Path, repo: RepoSource) -> None:
+def clone(workspace: Path, repo: RepoSource, *, delays: tuple[float, ...] = CLONE_RETRY_DELAYS) -> None:
+    """Clone ``repo`` into the empty ``workspace``; network failures are retried after ``delays``."""
     import git
 
     if workspace.exists() and any(workspace.iterdir()):
         raise WorkspaceError(f"cannot clone {repo.url} into {workspace}: the directory is not empty")
     workspace.mkdir(parents=True, exist_ok=True)
-    try:
-        extra = credential_env(repo.url, os.environ)
-        r = git.Repo.clone_from(
-            repo.url, workspace, no_checkout=bool(repo.ref), env={**os.environ, **extra} if extra else None
-        )
-        if repo.ref:
-            r.git.checkout(repo.ref)
-    except git.GitCommandError as e:
-        detail = " ".join(str(e.stderr or e).split())[:500]
-        raise WorkspaceError(f"clone of {repo.url}@{repo.ref or 'default branch'} failed: {detail}") from e
+    extra = credential_env(repo.url, os.environ)
+    for attempt in range(len(delays) + 1):
+        try:
+            r = git.Repo.clone_from(
+                repo.url, workspace, no_checkout=bool(repo.ref), env={**os.environ, **extra} if extra else None
+            )
+            if repo.ref:
+                r.git.checkout(repo.ref)
+            return
+        except git.GitCommandError as e:
+            detail = " ".join(str(e.stderr or e).split())[:500]
+            if attempt < len(delays) and is_transient(detail):
+                _empty(workspace)
+                time.sleep(delays[attempt])
+                continue
+            tries = f" (after {attempt + 1} tries)" if attempt else ""
+            raise WorkspaceError(f"clone of {repo.url}@{repo.ref or 'default branch'} failed{tries}: {detail}") from e
+
+
+def is_transient(git_error: str) -> bool:
+    """A git failure to reach the remote (worth another try), not a refusal or a bad ref."""
+    text = git_error.lower()
+    return any(marker in text for marker in _TRANSIENT_GIT_ERRORS)
+
+
+def _empty(workspace: Path) -> None:
+    for child in workspace.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def base_commit(workspace: Path) -> str:
