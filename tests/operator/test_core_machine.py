@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,6 +76,24 @@ def test_entry_admits_into_queue() -> None:
     assert st["modelService"]["context"] == 131072
     assert st["observedGeneration"] == 1
     assert [e.reason for e in step.emitted()] == ["Queued"]
+
+
+def test_launched_says_pending_as_the_first_look_at_the_pod_would() -> None:
+    """After the pod was created, the launch's status write says what the next look would:
+    the daemon's first look at the pending pod then has nothing to write."""
+    step = to_running()
+    assert cond(step.status, "Running")["reason"] == "Launching"
+    after = m.launched(step, T0, 1)
+    valid(after.status)
+    assert after.actions == step.actions
+    assert cond(after.status, "Running")["reason"] == "PodPending" and after.status["reason"] == "PodPending"
+    pending = m.PodView(phase="Pending", created=T0)
+    look = m.running(dispatch(after.status), pending, LiveState(), T0 + timedelta(seconds=1), S, log_ended=False)
+    assert m.status_patch(after.status, look.status) == {}
+    gone = m.running(dispatch(after.status), None, LiveState(), T0 + timedelta(seconds=1), S, log_ended=True)
+    assert cond(gone.status, "Succeeded")["reason"] == "PodFailed"  # created, then vanished
+    unchanged = m.launched(look, T0, 1)
+    assert unchanged is look
 
 
 def test_gate_refusal_is_terminal_not_admitted() -> None:
@@ -300,3 +319,23 @@ def test_phase_derivation() -> None:
 
 def test_status_patch_nulls_removed_keys() -> None:
     assert m.status_patch({"a": 1, "b": 2}, {"a": 1, "c": 3}) == {"c": 3, "b": None}
+
+
+@pytest.mark.parametrize(
+    ("pod", "age", "wake"),
+    [
+        (m.PodView(phase="Pending"), 0.0, 10.0),  # plain pending: its changes wake us; 10 s backstop
+        (m.PodView(phase="Pending", waiting_reason="ImagePullBackOff"), 115.0, 5.0),  # the grace ends
+        (m.PodView(phase="Pending", waiting_reason="ErrImagePull"), 30.0, 10.0),
+        (m.PodView(phase="Pending", waiting_reason="CreateContainerConfigError"), 119.9, 0.5),
+        (m.PodView(phase="Pending", unschedulable="0/1 nodes are available"), 595.0, 5.0),
+        (m.PodView(phase="Pending", unschedulable="0/1 nodes are available"), 700.0, 0.5),
+    ],
+)
+def test_pending_pod_wake_is_its_next_deadline(pod: m.PodView, age: float, wake: float) -> None:
+    d = dispatch(m.launched(to_running(), T0, 1).status)
+    look = m.running(d, replace(pod, created=T0), LiveState(), T0 + timedelta(seconds=age), S, log_ended=False)
+    if look.actions:  # past a grace: the pod is deleted and the dispatch ends
+        assert age >= S.image_pull_grace_seconds
+        return
+    assert look.wake_after == pytest.approx(wake)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,13 @@ import pytest
 from buildstudio import records
 from buildstudio.core import names
 from buildstudio.core.status import size_of
-from buildstudio.handlers import FINALIZER
+from buildstudio.handlers import FINALIZER, build_registry
 from buildstudio.metrics import REGISTRY
 from buildstudio.records import DiffStat, EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, RunSummary
 from buildstudio.scripted_server import ScriptedServer
 from tests.kube.client import BUILDDISPATCHES, BUILDENGINES, CONFIGMAPS, EVENTS, NETWORKPOLICIES, PODS, wait_for
 from tests.kube.kubelet import PodScript
-from tests.operator.conftest import MODEL, Cluster, engine_object, new_operator
+from tests.operator.conftest import FAST, MODEL, Cluster, engine_object, new_operator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,7 +275,8 @@ async def test_queue_limit_one_with_three_dispatches(
 
     cluster = await start_cluster(k8s, kubelet, kopf_operator, model_server, max_running=1, per_model=1)
     for name in ("q1", "q2", "q3"):
-        cluster.kubelet.script(name, PodScript.canned(canned_run(), running_for=1.0))
+        # Like the runner, the pod exits right after its result record (~1.2 s in).
+        cluster.kubelet.script(name, PodScript.canned(canned_run(), line_interval=0.3))
     for name in ("q1", "q2", "q3"):
         await cluster.dispatch(name)
         await asyncio.sleep(0.05)  # distinct creation order
@@ -284,8 +286,8 @@ async def test_queue_limit_one_with_three_dispatches(
     deadline = loop.time() + 45
     while loop.time() < deadline:
         statuses = {n: await cluster.status(n) for n in ("q1", "q2", "q3")}
-        pods = [p for p in await k8s.list(PODS, "default") if p["metadata"]["name"].startswith("q")]
-        running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+        # The limit counts admitted, unfinished dispatches (a finished one's pod may take a moment to exit).
+        running = [n for n, s in statuses.items() if s.get("phase") == "Running"]
         most_running = max(most_running, len(running))
         for n in ("q2", "q3"):
             if statuses[n].get("queuePosition"):
@@ -356,6 +358,29 @@ async def test_pod_failure_reasons(cluster: Cluster, script: PodScript, reason: 
     await cluster.dispatch("pf")
     st = await cluster.wait_phase("pf", "Failed", "Succeeded", timeout=30)
     assert cond(st, "Succeeded")["reason"] == reason, st
+
+
+async def test_daemons_wake_on_pod_and_spec_changes_not_on_a_timer(cluster: Cluster) -> None:
+    """With a 5-minute backstop for pending pods, only watch events can move these dispatches on
+    in time: the pod starting (pod events) and a cancel (a spec edit)."""
+    await cluster.operator.stop()
+    slow = replace(FAST, pending_recheck_seconds=300.0, unschedulable_grace_seconds=600.0)
+    operator = await cluster.start_operator(build_registry(slow, namespace="default", seed=False))
+    cluster.kubelet.script("wake-run", PodScript.canned(canned_run(), running_for=0.5))
+    cluster.kubelet.script("wake-cancel", PodScript.unschedulable())
+    await cluster.dispatch("wake-run")
+    await cluster.dispatch("wake-cancel")
+    st = await cluster.wait_phase("wake-run", "Succeeded", "Failed", timeout=20)
+    assert st["phase"] == "Succeeded", st
+
+    async def unschedulable() -> bool:
+        return cond(await cluster.status("wake-cancel"), "Running").get("reason") == "Unschedulable"
+
+    await wait_for(unschedulable, 20, message="wake-cancel mirrors Unschedulable")
+    await cluster.k8s.patch(BUILDDISPATCHES, "wake-cancel", {"spec": {"cancel": True}}, "default")
+    st = await cluster.wait_phase("wake-cancel", "Cancelled", "Failed", timeout=20)
+    assert cond(st, "Succeeded")["reason"] == "Cancelled", st
+    await operator.stop()
 
 
 async def test_operator_restart_mid_run_resumes_without_second_pod(cluster: Cluster) -> None:

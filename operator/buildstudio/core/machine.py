@@ -15,7 +15,7 @@ Every function returns a ``Step``: the whole new status and the actions the shel
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -381,6 +381,23 @@ def queued(d: Dispatch, slot: Slot, now: datetime, settings: Settings, *, contex
     return draft.step(settings, wake_after=0)
 
 
+def launched(step: Step, now: datetime, generation: int | None) -> Step:
+    """A launch step's status once its pod was created: pending, as the first look at the pod
+    would put it — one status write fewer per dispatch. Other steps are returned unchanged."""
+    status = dict(step.status)
+    run = c.find(status.get("conditions"), c.RUNNING)
+    if run is None or run.get("reason") != "Launching":
+        return step
+    pod = str(status.get("podName") or "")
+    message = f"pod {pod}: waiting to start"
+    status["conditions"] = c.set_condition(
+        status.get("conditions"), c.RUNNING, "Unknown", "PodPending", message, now=now, generation=generation
+    )
+    if status.get("reason") == "Launching":
+        status["reason"], status["message"] = "PodPending", message
+    return replace(step, status=status)
+
+
 def _outcome_reason(outcome: Outcome, timing_out: bool) -> str:
     if timing_out and outcome == Outcome.CANCELLED:
         return "TimedOut"  # the operator's backstop stopped it; the runner saw a SIGTERM
@@ -403,6 +420,18 @@ def _pod_failure(pod: PodView | None, status: Mapping[str, Any]) -> tuple[str, s
         return "TimedOut", "the sandbox pod exceeded its active deadline"
     detail = pod.terminated_reason or pod.reason or pod.phase
     return "PodFailed", f"the sandbox ended ({detail}, exit {pod.exit_code}) without a result record"
+
+
+def _pending_wake(pod: PodView, age: float, settings: Settings) -> float:
+    """When to look at a pending pod again: its grace deadline, or a slow recheck — the pod's
+    own changes wake the operator before that (watch events)."""
+    if pod.unschedulable:
+        left = settings.unschedulable_grace_seconds - age
+    elif pod.waiting_reason in IMAGE_PULL_REASONS or pod.waiting_reason in CONFIG_ERROR_REASONS:
+        left = settings.image_pull_grace_seconds - age
+    else:
+        left = settings.pending_recheck_seconds
+    return min(max(left, 0.5), settings.pending_recheck_seconds)
 
 
 def running(
@@ -491,7 +520,7 @@ def running(
         if not cancelling and not timing_out:
             draft.headline(reason, f"pod {pod_name}: {detail}")
         draft.cond(c.RUNNING, "Unknown", reason, f"pod {pod_name}: {detail}")
-        return draft.step(settings, wake_after=1.0)
+        return draft.step(settings, wake_after=_pending_wake(pod, age, settings))
 
     # Pod running.
     if not c.is_status(status.get("conditions"), c.RUNNING, "True"):

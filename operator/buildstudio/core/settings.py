@@ -58,6 +58,8 @@ class Settings:
     unschedulable_grace_seconds: float = 600.0
     result_grace_seconds: float = 10.0  # wait for the log's result record after the pod ended
     cancel_grace_seconds: int = 10
+    # A pending pod's changes wake its dispatch (watch events); this is only the backstop look.
+    pending_recheck_seconds: float = 10.0
     # The runner enforces runSeconds itself; the operator stops the pod this much later as a backstop.
     run_timeout_slack: float = 30.0
     preflight_interval: float = 30.0

@@ -185,8 +185,19 @@ def build_registry(
         driver = DispatchDriver(memo["ctx"], body, logger, pods=indexes["sandbox_pods"])
         await driver.run(stopped, indexes["engines"], indexes["dispatch_queue"])
 
+    @kopf.on.event("v1", "pods", registry=registry, id="pod_changed", labels=SANDBOX_LABELS)
+    async def pod_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+        # The index already holds the new pod (kopf indexes before it calls event handlers).
+        ctx = memo.get("ctx")
+        for owner in body.metadata.get("ownerReferences") or ():
+            if ctx is not None and owner.get("kind") == "BuildDispatch":
+                ctx.wakeups.notify((str(body.metadata.namespace), str(owner.get("name"))))
+
     @kopf.on.update(*DISPATCHES, registry=registry, id="spec_changed")
-    async def spec_changed(body: kopf.Body, diff: kopf.Diff, status: kopf.Status, **_: Any) -> None:
+    async def spec_changed(body: kopf.Body, diff: kopf.Diff, status: kopf.Status, memo: Any, **_: Any) -> None:
+        ctx = memo.get("ctx")
+        if ctx is not None:  # cancel or another edit: the daemon looks now, not at its next deadline
+            ctx.wakeups.notify((str(body.metadata.namespace), str(body.metadata.name)))
         fields = ignored_spec_changes(diff, m.stage_of(dict(status)))
         if fields:
             kopf.warn(

@@ -56,6 +56,10 @@ class QueueBoard:
         self._freed.set()
         self._freed = asyncio.Event()
 
+    def freed(self) -> asyncio.Event:
+        """Set when a slot or a place in the queue frees next."""
+        return self._freed
+
     async def wait_freed(self, bound: float) -> None:
         """Sleep until a slot frees or ``bound`` seconds pass (queued dispatches need no polling)."""
         with contextlib.suppress(TimeoutError):
@@ -83,6 +87,27 @@ class QueueBoard:
     def waiting(self) -> int:
         """Dispatches waiting for a slot, as of the latest plan."""
         return self._plan.waiting if self._plan is not None else 0
+
+
+class Wakeups:
+    """One event per dispatch daemon, set by the watch handlers when its dispatch's spec or its
+    pod changes: a daemon sleeps until then (or its step's deadline) instead of polling."""
+
+    def __init__(self) -> None:
+        self._events: dict[Key, asyncio.Event] = {}
+
+    def register(self, key: Key) -> asyncio.Event:
+        event = self._events[key] = asyncio.Event()
+        return event
+
+    def unregister(self, key: Key, event: asyncio.Event) -> None:
+        if self._events.get(key) is event:
+            del self._events[key]
+
+    def notify(self, key: Key) -> None:
+        event = self._events.get(key)
+        if event is not None:
+            event.set()
 
 
 class BaselinePolicies:
@@ -123,6 +148,7 @@ class OperatorContext:
     board: QueueBoard = field(default_factory=QueueBoard)
     registry_path: Path | None = None
     baselines: BaselinePolicies = field(init=False)
+    wakeups: Wakeups = field(default_factory=Wakeups)
 
     def __post_init__(self) -> None:
         self.baselines = BaselinePolicies(self.kube)

@@ -164,6 +164,7 @@ class DispatchDriver:
         self.engines: dict[str, EngineState] = {}
         self.pod: m.PodView | None = None
         self.pod_read_at = 0.0
+        self.nudge = asyncio.Event()  # registered with ctx.wakeups while the daemon runs
 
     @property
     def key(self) -> tuple[str, str]:
@@ -180,8 +181,10 @@ class DispatchDriver:
         engines: kopf.Index[str, EngineState],
         queue: kopf.Index[tuple[str, str], Any],
     ) -> None:
+        self.nudge = self.ctx.wakeups.register(self.key)
         try:
             while not stopped:
+                self.nudge.clear()  # before the look: a change during it wakes the next pause at once
                 d = await self.parsed()
                 if d is None:
                     return
@@ -195,6 +198,7 @@ class DispatchDriver:
                 await self.apply(d, step)
                 await self.pause(stopped, step.wake_after)
         finally:
+            self.ctx.wakeups.unregister(self.key, self.nudge)
             if self.follower is not None:
                 await self.follower.close()
 
@@ -354,12 +358,13 @@ class DispatchDriver:
             await self.write_status(d, step)
         else:
             # The pod first (it is the long pole: scheduling, image pull), then together its
-            # ConfigMap, its egress policy and the status (Admitted, Launching): the namespace's
+            # ConfigMap, its egress policy and the status (Admitted, PodPending): the namespace's
             # baseline policy denies the pod all traffic until its own policy applies, and the
             # kubelet waits for the ConfigMap volume. Every create is idempotent (409 adopts), so
             # a failed step is retried as a whole and finds the same attempt.
             pod, *children = await self.prepare_launch(d, launch)
             await self.ctx.kube.create(pod)
+            step = m.launched(step, now_utc(), d.generation)  # it exists: say so in the same write
             writes = [self.ctx.kube.create(child) for child in children]
             results = await asyncio.gather(*writes, self.write_status(d, step), return_exceptions=True)
             for result in results:
@@ -475,25 +480,31 @@ class DispatchDriver:
         return self.engines.get(name)
 
     async def pause(self, stopped: kopf.DaemonStopped, wake_after: float | None) -> None:
-        """Sleep until the next look, waking early when the log brings news."""
+        """Sleep until the step's deadline, or until something it depends on changes first: the
+        dispatch's spec (cancel, edits) or its pod (watch events, via ``ctx.wakeups``), its log,
+        a freed slot while queued, or the daemon being stopped."""
         delay = 1.0 if wake_after is None else max(wake_after, 0.0)
         if delay == 0:
             await asyncio.sleep(0)
             return
+        wakers: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.nudge.wait())]
         if m.stage_of(self.status) == "queued":
             created = parse_time(self.body.metadata.get("creationTimestamp")) or now_utc()
             d, _ = self.view()
             queue_seconds = d.spec.timeouts.queue_seconds if d is not None else 3600
             left = (created - now_utc()).total_seconds() + queue_seconds
-            await self.ctx.board.wait_freed(min(QUEUE_RECHECK_SECONDS, max(left, 0.05)))
-            return
+            delay = min(QUEUE_RECHECK_SECONDS, max(left, 0.05))
+            wakers.append(asyncio.ensure_future(self.ctx.board.freed().wait()))
         follower = self.follower
         if follower is not None and not follower.ended:
             follower.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(follower.changed.wait(), timeout=delay)
-            return
-        await stopped.wait(delay)
+            wakers.append(asyncio.ensure_future(follower.changed.wait()))
+        wakers.append(asyncio.ensure_future(stopped.wait()))
+        try:
+            await asyncio.wait(wakers, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waker in wakers:
+                waker.cancel()
 
     async def ttl(self, d: m.Dispatch, stopped: kopf.DaemonStopped) -> bool:
         """Delete the dispatch when its TTL expires; ``False`` when there is nothing left to do."""
