@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from buildstudio.api.engine import BuildEngineSpec
 from buildstudio.core.admission import Entry, Limits
@@ -130,3 +134,52 @@ def test_finalizer_rides_on_the_create_write_only_when_it_is_safe_and_needed() -
     assert finalizers_with_ours(None, {}, {}) is None  # still at the entry: no daemon yet
     assert finalizers_with_ours(None, {}, refused) is None  # finished, no TTL: nothing to wait for
     assert finalizers_with_ours(None, {"ttlSecondsAfterFinished": 60}, refused) == [FINALIZER]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_queue_board_tail_placement_matches_a_full_plan(seed: int) -> None:
+    """A board that places new dispatches at the tail of its plan (never re-planning unless
+    something it counted changed) decides exactly what a board re-planning every time does."""
+    rng = random.Random(seed)
+    limits = {"a": Limits(2, 1), "b": Limits(3, 2)}
+    lazy, eager = QueueBoard(max_age=1e9), QueueBoard(max_age=0)
+    index: dict[tuple[str, str], Entry] = {}  # what kopf's index shows: here, without lag
+    clock = 0
+    for _ in range(120):
+        roll = rng.random()
+        live = [e for e in index.values() if e.state != "other"]
+        if roll < 0.55 or not live:  # a new dispatch (the newest) arrives
+            clock += 1
+            entry = Entry(
+                key=("n", f"d{clock}"), engine=rng.choice("ab"), model=rng.choice("xy"), created=f"{clock:06d}",
+                state="waiting",
+            )
+        elif roll < 0.8:  # one finishes or is cancelled
+            done = rng.choice(live)
+            entry = Entry(key=done.key, engine=done.engine, model=done.model, created=done.created, state="other")
+        else:  # a queued one's daemon looks again
+            waiting = [e for e in live if e.state == "waiting"]
+            if not waiting:
+                continue
+            entry = rng.choice(waiting)
+        answers = []
+        for board in (lazy, eager):
+            if entry.state == "other":
+                board.put(entry)
+                answers.append((None, None))
+            else:
+                answers.append(board.slot(entry, lambda: [e for e in index.values() if e.state != "other"], limits))
+        assert answers[0] == answers[1]
+        assert lazy.waiting == eager.waiting
+        admit, _position = answers[0]
+        if entry.state == "other":
+            index.pop(entry.key, None)
+        elif admit:
+            running = replace(entry, state="running")
+            for board in (lazy, eager):
+                board.put(running)
+            index[entry.key] = running
+        else:
+            index[entry.key] = entry
+        for engine, lim in limits.items():
+            assert sum(1 for e in index.values() if e.state == "running" and e.engine == engine) <= lim.max_running

@@ -31,39 +31,69 @@ class Limits:
     max_running_per_model: int = 2
 
 
+@dataclass
+class Tally:
+    """Slots and queue places a plan has handed out so far, per engine and per model."""
+
+    engine: dict[str, int] = field(default_factory=dict)
+    model: dict[tuple[str, str], int] = field(default_factory=dict)
+    places: dict[str, int] = field(default_factory=dict)
+
+    def start(self, e: Entry) -> None:
+        self.engine[e.engine] = self.engine.get(e.engine, 0) + 1
+        self.model[e.engine, e.model] = self.model.get((e.engine, e.model), 0) + 1
+
+    def place(self, e: Entry, lim: Limits) -> int | None:
+        """Start ``e`` now (None) or give it the next queue position of its engine."""
+        engine_busy = self.engine.get(e.engine, 0) >= lim.max_running
+        model_busy = self.model.get((e.engine, e.model), 0) >= lim.max_running_per_model
+        if not engine_busy and not model_busy:
+            self.start(e)
+            return None
+        pos = self.places.get(e.engine, 0) + 1
+        self.places[e.engine] = pos
+        return pos
+
+
+def order(e: Entry) -> tuple[str, Key]:
+    """Queue order: creation time, then name."""
+    return (e.created, e.key)
+
+
 @dataclass(frozen=True)
 class Plan:
     admit: frozenset[Key] = frozenset()
     positions: Mapping[Key, int] = field(default_factory=dict)  # 1-based, per engine
     waiting: int = 0
+    # What was handed out, and the last waiting entry: a newer one can be placed after it
+    # with ``tally.place`` and get exactly what a new plan would give it.
+    tally: Tally = field(default_factory=Tally, compare=False)
+    tail: tuple[str, Key] | None = None
 
 
 def plan(entries: Iterable[Entry], limits: Mapping[str, Limits], default: Limits | None = None) -> Plan:
     """Who starts now and the queue position of each dispatch that keeps waiting."""
     default = default or Limits()
-    running_engine: dict[str, int] = {}
-    running_model: dict[tuple[str, str], int] = {}
+    tally = Tally()
     waiting: list[Entry] = []
     for e in entries:
         if e.state == "running":
-            running_engine[e.engine] = running_engine.get(e.engine, 0) + 1
-            running_model[e.engine, e.model] = running_model.get((e.engine, e.model), 0) + 1
+            tally.start(e)
         elif e.state == "waiting":
             waiting.append(e)
-    waiting.sort(key=lambda e: (e.created, e.key))
+    waiting.sort(key=order)
     admit: set[Key] = set()
     positions: dict[Key, int] = {}
-    per_engine_position: dict[str, int] = {}
     for e in waiting:
-        lim = limits.get(e.engine, default)
-        engine_busy = running_engine.get(e.engine, 0) >= lim.max_running
-        model_busy = running_model.get((e.engine, e.model), 0) >= lim.max_running_per_model
-        if not engine_busy and not model_busy:
+        pos = tally.place(e, limits.get(e.engine, default))
+        if pos is None:
             admit.add(e.key)
-            running_engine[e.engine] = running_engine.get(e.engine, 0) + 1
-            running_model[e.engine, e.model] = running_model.get((e.engine, e.model), 0) + 1
-            continue
-        pos = per_engine_position.get(e.engine, 0) + 1
-        per_engine_position[e.engine] = pos
-        positions[e.key] = pos
-    return Plan(admit=frozenset(admit), positions=positions, waiting=len(waiting) - len(admit))
+        else:
+            positions[e.key] = pos
+    return Plan(
+        admit=frozenset(admit),
+        positions=positions,
+        waiting=len(waiting) - len(admit),
+        tally=tally,
+        tail=order(waiting[-1]) if waiting else None,
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from buildstudio.api.engine import BuildEngineSpec
 from buildstudio.core import conditions as c
 from buildstudio.core import manifests as mf
-from buildstudio.core.admission import Entry, Key, Limits, Plan, plan
+from buildstudio.core.admission import Entry, Key, Limits, Plan, Tally, order, plan
 from buildstudio.core.machine import ModelCheck
 from buildstudio.core.settings import Settings
 from buildstudio.gate import EngineState
@@ -29,23 +29,66 @@ from buildstudio.preflight.verdict import Reason, Verdict, decide
 
 
 class QueueBoard:
-    """The admission plan over all dispatches, recomputed at most every ``max_age`` seconds."""
+    """The admission plan over all live dispatches.
+
+    A full plan reads kopf's index (merged with ``overlay``: what this operator wrote and the
+    index may not show yet) and is recomputed when something it counted changes, or after
+    ``max_age`` seconds. A new dispatch at the tail of the queue (the usual case: it is the
+    newest) is placed on the current plan in O(1), exactly where a new plan would put it, so
+    admitting a dispatch does not cost a pass over every live one."""
 
     def __init__(self, max_age: float = 0.5) -> None:
         self.overlay: dict[Key, Entry] = {}
         self.max_age = max_age
-        self._plan: Plan | None = None
         self._at = 0.0
         self._dirty = True
         self._freed = asyncio.Event()
+        # The current plan, kept mutable so that a tail placement can extend it.
+        self._seen: dict[Key, Entry] = {}  # every entry the plan counted
+        self._admit: set[Key] = set()
+        self._positions: dict[Key, int] = {}
+        self._waiting = 0
+        self._tally = Tally()
+        self._tail: tuple[str, Key] | None = None
+        self._limits: dict[str, Limits] = {}
 
     def put(self, entry: Entry) -> None:
         old = self.overlay.get(entry.key)
-        if old != entry:
-            self.overlay[entry.key] = entry
+        if old == entry:
+            return
+        self.overlay[entry.key] = entry
+        if entry.state == "other" and (old is None or old.state != "other"):
+            self._notify()  # a slot or a place in the queue was freed
+        if not self._accounted(entry):
             self._dirty = True
-            if entry.state == "other" and (old is None or old.state != "other"):
-                self._notify()  # a slot or a place in the queue was freed
+
+    def _accounted(self, entry: Entry) -> bool:
+        """Whether the current plan already counts ``entry`` as it now is, or can at its tail."""
+        if self._dirty:
+            return False
+        seen = self._seen.get(entry.key)
+        if seen == entry:
+            return True
+        if seen is not None:
+            # Admitted by this plan and now running: its slot was counted when it was admitted.
+            admitted = seen.state == "waiting" and entry.state == "running" and entry.key in self._admit
+            if admitted and (seen.engine, seen.model) == (entry.engine, entry.model):
+                self._seen[entry.key] = entry
+                return True
+            return False
+        if entry.state == "other":
+            return True  # not queued, not running: nothing to count
+        if entry.state != "waiting" or (self._tail is not None and order(entry) <= self._tail):
+            return False
+        pos = self._tally.place(entry, self._limits.get(entry.engine, Limits()))
+        if pos is None:
+            self._admit.add(entry.key)
+        else:
+            self._positions[entry.key] = pos
+            self._waiting += 1
+        self._seen[entry.key] = entry
+        self._tail = order(entry)
+        return True
 
     def forget(self, key: Key) -> None:
         if self.overlay.pop(key, None) is not None:
@@ -65,11 +108,29 @@ class QueueBoard:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._freed.wait(), timeout=bound)
 
+    def slot(
+        self, entry: Entry, indexed: Callable[[], Iterable[Entry]], limits: Mapping[str, Limits]
+    ) -> tuple[bool, int | None]:
+        """Put ``entry`` on the board; whether it may start now, else its queue position."""
+        self.put(entry)
+        self._refresh(indexed, limits)
+        return entry.key in self._admit, self._positions.get(entry.key)
+
     def plan(self, indexed: Iterable[Entry], limits: Mapping[str, Limits]) -> Plan:
+        """The current plan as a value (refreshed first when stale)."""
+        self._refresh(lambda: indexed, limits)
+        return Plan(admit=frozenset(self._admit), positions=dict(self._positions), waiting=self._waiting)
+
+    @property
+    def waiting(self) -> int:
+        """Dispatches waiting for a slot, as of the current plan."""
+        return self._waiting
+
+    def _refresh(self, indexed: Callable[[], Iterable[Entry]], limits: Mapping[str, Limits]) -> None:
         now = time.monotonic()
-        if self._plan is not None and not self._dirty and now - self._at < self.max_age:
-            return self._plan
-        merged = {e.key: e for e in indexed}
+        if not self._dirty and now - self._at < self.max_age and limits == self._limits:
+            return
+        merged = {e.key: e for e in indexed()}
         # The overlay only bridges the lag of the index: an entry the index now agrees with (or a
         # finished one it has dropped) goes, so the overlay stays as small as the lag.
         for key, entry in list(self.overlay.items()):
@@ -78,15 +139,16 @@ class QueueBoard:
                 del self.overlay[key]
             else:
                 merged[key] = entry
-        self._plan = plan(merged.values(), limits)
+        fresh = plan(merged.values(), limits)
+        self._seen = merged
+        self._admit = set(fresh.admit)
+        self._positions = dict(fresh.positions)
+        self._waiting = fresh.waiting
+        self._tally = fresh.tally
+        self._tail = fresh.tail
+        self._limits = dict(limits)
         self._at = now
         self._dirty = False
-        return self._plan
-
-    @property
-    def waiting(self) -> int:
-        """Dispatches waiting for a slot, as of the latest plan."""
-        return self._plan.waiting if self._plan is not None else 0
 
 
 class Wakeups:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -280,11 +280,11 @@ class DispatchDriver:
         queue: kopf.Index[tuple[str, str], Any],
     ) -> m.Step:
         entry = queue_entry(d.namespace, d.name, self.body.metadata, dict(d.status))
-        self.ctx.board.put(entry)
-        indexed = [e for _, store in queue.items() for e in store]
-        plan = self.ctx.board.plan(indexed, limits_of(known))
-        QUEUE_LENGTH.set(plan.waiting)
-        slot = m.Slot(admit=entry.key in plan.admit, position=plan.positions.get(entry.key))
+        admit, position = self.ctx.board.slot(
+            entry, lambda: [e for _, store in queue.items() for e in store], limits_of(known)
+        )
+        QUEUE_LENGTH.set(self.ctx.board.waiting)
+        slot = m.Slot(admit=admit, position=position)
         step = m.queued(d, slot, now, self.ctx.settings)
         if slot.admit:
             # Taken at once: another daemon planning before our patch lands must see the slot used.
@@ -362,10 +362,10 @@ class DispatchDriver:
             # baseline policy denies the pod all traffic until its own policy applies, and the
             # kubelet waits for the ConfigMap volume. Every create is idempotent (409 adopts), so
             # a failed step is retried as a whole and finds the same attempt.
-            pod, *children = await self.prepare_launch(d, launch)
+            pod, children = await self.prepare_launch(d, launch)
             await self.ctx.kube.create(pod)
             step = m.launched(step, now_utc(), d.generation)  # it exists: say so in the same write
-            writes = [self.ctx.kube.create(child) for child in children]
+            writes = [self.ctx.kube.create(child) for child in children()]
             results = await asyncio.gather(*writes, self.write_status(d, step), return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -413,13 +413,15 @@ class DispatchDriver:
             record_preflight_failure(action.reason)
 
     async def launch(self, d: m.Dispatch, action: m.Launch) -> None:
-        pod, *children = await self.prepare_launch(d, action)
+        pod, children = await self.prepare_launch(d, action)
         await self.ctx.kube.create(pod)
-        await asyncio.gather(*(self.ctx.kube.create(child) for child in children))
+        await asyncio.gather(*(self.ctx.kube.create(child) for child in children()))
 
-    async def prepare_launch(self, d: m.Dispatch, action: m.Launch) -> list[dict[str, Any]]:
-        """The attempt's pod, ConfigMap and egress NetworkPolicy to create (pod first), once the
-        namespace's baseline policy is known to exist."""
+    async def prepare_launch(
+        self, d: m.Dispatch, action: m.Launch
+    ) -> tuple[dict[str, Any], Callable[[], list[dict[str, Any]]]]:
+        """The attempt's pod, and how to build its ConfigMap and egress NetworkPolicy (after the
+        pod is on its way), once the namespace's baseline policy is known to exist."""
         engine = self.engine(action.engine)
         if engine is None:
             raise kopf.TemporaryError(f"engine {action.engine!r} is not known yet", delay=2)
@@ -434,15 +436,6 @@ class DispatchDriver:
             review = review_input(source)
         key_ref = spec.model_service.api_key_secret if spec.model_service else None
         model_key = mf.SecretKey(key_ref.name, key_ref.key) if key_ref is not None else None
-        runner, config = mf.sandbox_files(
-            d.spec,
-            model=action.model,
-            base_url=base_url,
-            context=action.context,
-            relay=wants_repair(engine, action.model),
-            api_key_env=mf.MODEL_API_KEY_ENV if model_key is not None else None,
-            review=review,
-        )
         defaults = self.ctx.settings.sandbox
         credential = None
         if spec.credential is not None:
@@ -468,13 +461,25 @@ class DispatchDriver:
             repo_credentials=repo_creds,
             model_api_key=model_key,
         )
+
+        def children() -> list[dict[str, Any]]:
+            runner, config = mf.sandbox_files(
+                d.spec,
+                model=action.model,
+                base_url=base_url,
+                context=action.context,
+                relay=wants_repair(engine, action.model),
+                api_key_env=mf.MODEL_API_KEY_ENV if model_key is not None else None,
+                review=review,
+            )
+            return [
+                mf.config_map(owner, runner, config),
+                mf.egress_policy(owner, base_url, request.repo_url, defaults),
+            ]
+
         # The baseline exists before the pod, so the sandbox never runs unrestricted.
         await self.ctx.baselines.ensure(d.namespace)
-        return [
-            mf.sandbox_pod(request, defaults),
-            mf.config_map(owner, runner, config),
-            mf.egress_policy(owner, base_url, request.repo_url, defaults),
-        ]
+        return mf.sandbox_pod(request, defaults), children
 
     def engine(self, name: str) -> EngineState | None:
         return self.engines.get(name)
