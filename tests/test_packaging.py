@@ -164,10 +164,11 @@ NAMESPACED: set[Triple] = (
     | _triples("", ["pods"], ["create", "get", "list", "watch", "delete"])
     | _triples("", ["pods/log"], ["get"])
     | _triples("", ["configmaps"], ["create", "get"])
-    | _triples("", ["secrets"], ["get"])
     | _triples("", ["events"], ["create"])
     | _triples("networking.k8s.io", ["networkpolicies"], ["create", "get"])
 )
+# Secrets only in the operator's own namespace (engine credentials by metadata, apiKeySecret values).
+SECRETS: set[Triple] = _triples("", ["secrets"], ["get"])
 CLUSTER_PEERING = _triples("kopf.dev", ["clusterkopfpeerings"], ["get", "list", "watch", "patch"])
 NAMESPACED_PEERING = _triples("kopf.dev", ["kopfpeerings"], ["get", "list", "watch", "patch"])
 
@@ -308,7 +309,9 @@ def test_defaults_are_standalone_single_replica_cluster_wide(chart: Renderer) ->
     assert _kind(docs, "ServiceMonitor") == []
     assert _one(docs, "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
     assert _kind(docs, "ClusterKopfPeering") == [] and _kind(docs, "KopfPeering") == []
-    assert not _kind(docs, "Role") and not _kind(docs, "RoleBinding")
+    # Cluster-wide: the only Role is the one for Secrets in the operator's own namespace.
+    assert [r["metadata"]["name"] for r in _kind(docs, "Role")] == [f"{RELEASE}-build-studio-secrets"]
+    assert [b["metadata"]["name"] for b in _kind(docs, "RoleBinding")] == [f"{RELEASE}-build-studio-secrets"]
 
 
 def test_values_reach_the_operator(chart: Renderer) -> None:
@@ -374,10 +377,29 @@ def test_operator_cli_accepts_the_rendered_args(chart: Renderer, variant: str) -
 
 
 # --- RBAC -------------------------------------------------------------------------------------------------------
+def secrets_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Role that lets the operator read Secrets: in its namespace only, bound to it alone."""
+    role = _one([r for r in _kind(docs, "Role") if r["metadata"]["name"].endswith("-secrets")], "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert rule_triples(role) == SECRETS
+    binding = _one([b for b in _kind(docs, "RoleBinding") if b["metadata"]["name"].endswith("-secrets")], "RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{RELEASE}-build-studio", "namespace": NAMESPACE}
+    ]
+    return role
+
+
 def test_cluster_wide_rbac_is_exactly_least_privilege(chart: Renderer) -> None:
     docs = chart.render()
     role = _one(docs, "ClusterRole")
-    assert rule_triples(role) == CLUSTER_SCOPED | NAMESPACED
+    assert rule_triples(role) == CLUSTER_SCOPED | NAMESPACED  # no Secrets cluster-wide
+    secrets_role(docs)
     binding = _one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -396,11 +418,18 @@ def test_namespaced_rbac_uses_roles_per_namespace(chart: Renderer) -> None:
     docs = chart.render({"watchNamespaces": "{team-a,team-b}"})
     # Only the cluster-scoped objects stay in the ClusterRole.
     assert rule_triples(_one(docs, "ClusterRole")) == CLUSTER_SCOPED | NAMESPACE_SCAN
-    roles = {r["metadata"]["namespace"]: r for r in _kind(docs, "Role")}
+    secrets_role(docs)
+    roles = {
+        r["metadata"]["namespace"]: r for r in _kind(docs, "Role") if not r["metadata"]["name"].endswith("-secrets")
+    }
     assert set(roles) == {"team-a", "team-b", NAMESPACE}
     for role in roles.values():
         assert rule_triples(role) == NAMESPACED
-    bindings = {b["metadata"]["namespace"]: b for b in _kind(docs, "RoleBinding")}
+    bindings = {
+        b["metadata"]["namespace"]: b
+        for b in _kind(docs, "RoleBinding")
+        if not b["metadata"]["name"].endswith("-secrets")
+    }
     assert set(bindings) == set(roles)
     for ns, binding in bindings.items():
         assert binding["roleRef"]["kind"] == "Role"
@@ -422,7 +451,9 @@ def test_peering_adds_only_the_peering_rules_and_objects(chart: Renderer) -> Non
     docs = chart.render({"peering.enabled": "true", "watchNamespaces": "{team-a}"})
     assert rule_triples(_one(docs, "ClusterRole")) == CLUSTER_SCOPED | NAMESPACE_SCAN
     for role in _kind(docs, "Role"):
-        assert rule_triples(role) == NAMESPACED | NAMESPACED_PEERING
+        assert rule_triples(role) == (
+            SECRETS if role["metadata"]["name"].endswith("-secrets") else NAMESPACED | NAMESPACED_PEERING
+        )
     peerings = _kind(docs, "KopfPeering")
     assert [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings] == [("team-a", "build-studio")]
 

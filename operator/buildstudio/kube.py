@@ -15,6 +15,7 @@ call carries an explicit timeout.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -264,6 +265,20 @@ class Kube:
                 return False
             raise
         return True
+
+    async def secret_value(self, name: str, key: str, namespace: str) -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key is absent. Used only
+        for the model service's API key, which the operator's own probes must send."""
+        obj = await self.get("Secret", name, namespace)
+        if obj is None:
+            return None
+        raw = (obj.get("data") or {}).get(key)
+        if raw is None:
+            return None
+        try:
+            return base64.b64decode(raw).decode().strip()
+        except (ValueError, UnicodeDecodeError):
+            return None
 
     async def exists_metadata_only(self, kind: str, name: str, namespace: str | None = None) -> bool:
         """Existence without reading the object's content (Secrets: the value stays unread)."""

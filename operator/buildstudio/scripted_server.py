@@ -156,8 +156,10 @@ class ScriptedServer:
         host: str = "127.0.0.1",
         port: int = 0,
         log_path: Path | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.script = parse_script(list(script))
+        self.api_key = api_key  # when set, requests without `Authorization: Bearer <key>` get 401
         self.model = model
         self.no_aux = no_aux
         self.host = host
@@ -227,8 +229,17 @@ class ScriptedServer:
         self.consumed += 1
         return self.script[min(seq, len(self.script) - 1)], seq
 
+    def _refused(self, request: web.Request) -> web.StreamResponse | None:
+        if self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return None
+        err = {"error": {"message": "invalid api key", "type": "invalid_request_error", "code": "invalid_api_key"}}
+        return web.json_response(err, status=401)
+
     async def _get(self, request: web.Request) -> web.StreamResponse:
         self._log(request, None)
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         if request.path.rstrip("/").endswith("/models"):
             model = {"id": self.model, "object": "model", "created": 0, "owned_by": "scripted"}
             return web.json_response({"object": "list", "data": [model]})
@@ -241,6 +252,9 @@ class ScriptedServer:
         except ValueError:
             body = {"_raw": raw.decode("utf-8", "replace")}
         self._log(request, body)
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         if not request.path.rstrip("/").endswith("/chat/completions") or not isinstance(body, dict):
             return web.json_response({"error": {"message": "not found", "type": "not_found"}}, status=404)
         if not body.get("tools") and not self.no_aux:

@@ -26,7 +26,16 @@ from buildstudio.handlers import FINALIZER, build_registry
 from buildstudio.metrics import REGISTRY
 from buildstudio.records import DiffStat, EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, RunSummary
 from buildstudio.scripted_server import ScriptedServer
-from tests.kube.client import BUILDDISPATCHES, BUILDENGINES, CONFIGMAPS, EVENTS, NETWORKPOLICIES, PODS, wait_for
+from tests.kube.client import (
+    BUILDDISPATCHES,
+    BUILDENGINES,
+    CONFIGMAPS,
+    EVENTS,
+    NETWORKPOLICIES,
+    PODS,
+    SECRETS,
+    wait_for,
+)
 from tests.kube.kubelet import PodScript
 from tests.operator.conftest import FAST, MODEL, Cluster, engine_object, new_operator
 
@@ -250,6 +259,50 @@ async def test_preflight_context_too_small_and_below_floor(cluster: Cluster) -> 
         assert st["phase"] == "Succeeded"
         assert cond(st, "ModelReady")["reason"] == "ContextBelowFloor"
         assert "32768" in cond(st, "ModelReady")["message"] and "65536" in cond(st, "ModelReady")["message"]
+
+
+async def test_model_service_api_key_reaches_the_operators_probes(cluster: Cluster) -> None:
+    """An engine whose model service wants a key (vLLM --api-key, LM Studio LM_API_TOKEN): the
+    operator's preflight and model-service timer send it from ``modelService.apiKeySecret``;
+    with the wrong key the dispatch is refused as AuthRequired."""
+    token = base64.b64encode(b"s3cret\n").decode()  # as `kubectl create secret --from-file` keeps a newline
+    await cluster.k8s.create(
+        SECRETS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "model-key"}, "data": {"token": token}}
+    )
+    wrong = base64.b64encode(b"nope").decode()
+    await cluster.k8s.create(
+        SECRETS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stale-key"}, "data": {"token": wrong}}
+    )
+    async with ScriptedServer([{"text": "x"}], model=MODEL, api_key="s3cret") as keyed:
+        for name, secret in (("keyed", "model-key"), ("stale", "stale-key")):
+            engine = engine_object(keyed.base_url)
+            engine["metadata"]["name"] = name
+            engine["spec"]["modelService"]["apiKeySecret"] = {"name": secret, "key": "token"}
+            await cluster.k8s.create(BUILDENGINES, engine)
+            await wait_for(lambda n=name: _present(cluster, n), 20, message=f"engine {name} present")
+        cluster.kubelet.script("with-key", PodScript.canned(canned_run()))
+        await cluster.dispatch("with-key", engine="keyed")
+        await cluster.dispatch("stale-key", engine="stale")
+        st = await cluster.wait_phase("with-key", "Succeeded", "Failed")
+        assert st["phase"] == "Succeeded" and cond(st, "ModelReady")["reason"] == "Ready", st
+        st = await cluster.wait_phase("stale-key", "Failed")
+        assert cond(st, "ModelReady")["reason"] == "AuthRequired", st
+        assert "401" in cond(st, "ModelReady")["message"]
+
+        async def service_ready() -> dict[str, Any] | None:
+            obj = await cluster.k8s.find(BUILDENGINES, "keyed")
+            conds = ((obj or {}).get("status") or {}).get("conditions") or []
+            ready = next((c for c in conds if c["type"] == "ModelServiceReady"), None)
+            return ready if ready and ready["status"] == "True" else None
+
+        await wait_for(service_ready, 20, message="engine keyed ModelServiceReady")
+        sent = {r["headers"].get("Authorization") for r in keyed.requests}
+        assert "Bearer s3cret" in sent
+        pod = await cluster.k8s.get(PODS, "with-key-1")
+        env = {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
+        refs = [e["valueFrom"]["secretKeyRef"] for e in env.values() if "valueFrom" in e]
+        assert {"name": "model-key", "key": "token"} in refs  # the pod reads it itself; no value in the spec
+        assert "s3cret" not in json.dumps(pod) and "s3cret" not in json.dumps(st)
 
 
 async def _present(cluster: Cluster, name: str) -> bool:

@@ -146,3 +146,14 @@ async def test_invalidate_forces_a_new_probe(serve: ServeFn) -> None:
     cache.invalidate(target, "m")
     await cache.get(target, "m")
     assert server.hits["GET /v1/models"] == 2
+
+
+async def test_results_are_shared_only_under_the_same_api_key() -> None:
+    """Two engines on one service with different keys: one's 200 must not answer for the other."""
+    probe = CountingProbe()
+    cache = PreflightCache(ttl=60, probe_fn=probe)
+    url = "http://127.0.0.1:1/v1"
+    for key in ("k1", "k2", None, "k1"):
+        await cache.get(ProbeTarget(base_url=url, api_key=key), "m")
+    assert len(probe.calls) == 3 and cache.hits == 1
+    assert not any("k1" in str(part) for entry in cache._entries for part in entry)  # a digest, not the key

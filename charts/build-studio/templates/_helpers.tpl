@@ -127,10 +127,6 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "get"]
-# Only whether a credential Secret exists; values are never read into status or logs.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
 # kopf posts core/v1 Events.
 - apiGroups: [""]
   resources: ["events"]
@@ -144,4 +140,13 @@ app.kubernetes.io/component: operator
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
+{{- end }}
+
+{{/* Secrets only in the release namespace, in every mode: whether a cloud engine's credential Secret
+     exists (metadata only), and a model service's apiKeySecret for the preflight probes (values are
+     never written to status or logs). Sandbox pods read their Secrets themselves. */}}
+{{- define "build-studio.rules.secrets" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 {{- end }}

@@ -92,7 +92,10 @@ class ModelService(ApiModel):
         "lmstudio or openai. auto identifies it from the service's answers."
     )
     api_key_secret: SecretKeyRef | None = Field(
-        None, description="Optional Secret with an API key for the service (sent as a bearer token)."
+        None,
+        description="Optional Secret with an API key for the service, sent as a bearer token: the operator "
+        "reads it from its own namespace for its probes; a sandbox pod gets the Secret of that name in its "
+        "dispatch's namespace (by reference).",
     )
 
 

@@ -22,7 +22,7 @@ from buildstudio.core.admission import Entry, Key, Limits, Plan, Tally, order, p
 from buildstudio.core.machine import ModelCheck
 from buildstudio.core.settings import Settings
 from buildstudio.gate import EngineState
-from buildstudio.kube import Kube
+from buildstudio.kube import Kube, KubeError
 from buildstudio.preflight.cache import PreflightCache
 from buildstudio.preflight.observation import Backend, Observation, ProbeTarget
 from buildstudio.preflight.verdict import Reason, Verdict, decide
@@ -172,6 +172,28 @@ class Wakeups:
             event.set()
 
 
+class ModelKeys:
+    """Model service API keys read from Secrets, kept ``ttl`` seconds (a rotated key is picked
+    up within that); never logged or written anywhere."""
+
+    def __init__(self, kube: Kube, ttl: float = 60.0) -> None:
+        self.kube = kube
+        self.ttl = ttl
+        self._values: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+
+    async def get(self, name: str, key: str, namespace: str) -> str | None:
+        ref = (namespace, name, key)
+        cached = self._values.get(ref)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        try:
+            value = await self.kube.secret_value(name, key, namespace)
+        except KubeError:
+            value = None  # unreadable: the probe goes without a key and says AuthRequired
+        self._values[ref] = (time.monotonic(), value)
+        return value
+
+
 class BaselinePolicies:
     """Makes sure each namespace that runs sandboxes has its deny-all baseline NetworkPolicy.
 
@@ -210,10 +232,12 @@ class OperatorContext:
     board: QueueBoard = field(default_factory=QueueBoard)
     registry_path: Path | None = None
     baselines: BaselinePolicies = field(init=False)
+    model_keys: ModelKeys = field(init=False)
     wakeups: Wakeups = field(default_factory=Wakeups)
 
     def __post_init__(self) -> None:
         self.baselines = BaselinePolicies(self.kube)
+        self.model_keys = ModelKeys(self.kube)
 
 
 def queue_entry(namespace: str, name: str, meta: Mapping[str, Any], status: Mapping[str, Any]) -> Entry:
@@ -248,7 +272,7 @@ def limits_of(engines: Iterable[EngineState]) -> dict[str, Limits]:
     return {e.name: Limits(e.spec.concurrency.max_running, e.spec.concurrency.max_running_per_model) for e in engines}
 
 
-def probe_target(engine: EngineState) -> ProbeTarget | None:
+def probe_target(engine: EngineState, api_key: str | None = None) -> ProbeTarget | None:
     ms = engine.spec.model_service
     if ms is None:
         return None
@@ -256,7 +280,19 @@ def probe_target(engine: EngineState) -> ProbeTarget | None:
         backend = Backend(ms.backend)
     except ValueError:
         backend = Backend.AUTO
-    return ProbeTarget(base_url=ms.base_url, backend=backend)
+    return ProbeTarget(base_url=ms.base_url, backend=backend, api_key=api_key)
+
+
+async def model_target(ctx: OperatorContext, engine: EngineState) -> ProbeTarget | None:
+    """What the operator probes for ``engine``: its model service, with the API key of
+    ``modelService.apiKeySecret`` (read from the operator's namespace) when it has one."""
+    ms = engine.spec.model_service
+    if ms is None:
+        return None
+    key = None
+    if ms.api_key_secret is not None:
+        key = await ctx.model_keys.get(ms.api_key_secret.name, ms.api_key_secret.key, ctx.namespace)
+    return probe_target(engine, key)
 
 
 def verdict_for(engine: EngineState, model: str, obs: Observation) -> Verdict:

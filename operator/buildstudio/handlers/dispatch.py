@@ -32,7 +32,7 @@ from buildstudio.handlers.context import (
     OperatorContext,
     limits_of,
     model_check,
-    probe_target,
+    model_target,
     queue_entry,
     verdict_for,
 )
@@ -338,7 +338,7 @@ class DispatchDriver:
         engine = next((e for e in engines if e.name == gate.engine), None)
         if engine is None or gate.model is None:
             return None
-        target = probe_target(engine)
+        target = await model_target(self.ctx, engine)
         if target is None:
             return None  # cloud engine: no model service of ours to check
         obs = await self.ctx.preflight.get(target, gate.model)

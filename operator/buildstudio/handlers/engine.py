@@ -17,7 +17,7 @@ from buildstudio import registry as engine_registry
 from buildstudio.core import conditions as c
 from buildstudio.core import manifests as mf
 from buildstudio.gate import EngineState
-from buildstudio.handlers.context import OperatorContext, engine_state, probe_target, verdict_for
+from buildstudio.handlers.context import OperatorContext, engine_state, model_target, verdict_for
 from buildstudio.kube import KubeError
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -221,7 +221,7 @@ async def check_presence(
 
 
 async def observe_model_service(ctx: OperatorContext, engine: EngineState, status: dict[str, Any]) -> dict[str, Any]:
-    target = probe_target(engine)
+    target = await model_target(ctx, engine)
     model = engine.strongest()
     if target is None or model is None:
         return status

@@ -9,6 +9,7 @@ fix on the server side is noticed soon. The cache holds at most `max_entries` ke
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from buildstudio.preflight.observation import Backend, Observation, ProbeTarget
 from buildstudio.preflight.probe import probe
 
 ProbeFn = Callable[[ProbeTarget, str], Awaitable[Observation]]
-CacheKey = tuple[str, Backend, str]
+CacheKey = tuple[str, Backend, str, str]
 
 
 @dataclass
@@ -31,7 +32,10 @@ class _Entry:
 
 
 def cache_key(target: ProbeTarget, model: str) -> CacheKey:
-    return (target.base_url.rstrip("/"), target.backend, model)
+    # Two engines may share a service with different keys: a result is only shared by the same
+    # key (kept as a digest, so the key itself sits in no cache structure).
+    key_id = hashlib.sha256(target.api_key.encode()).hexdigest()[:16] if target.api_key else ""
+    return (target.base_url.rstrip("/"), target.backend, model, key_id)
 
 
 class PreflightCache:
