@@ -392,8 +392,6 @@ class DispatchDriver:
         kube = self.ctx.kube
         if isinstance(action, m.Emit):
             kopf.event(self.body, type=action.type, reason=action.reason, message=action.message)
-        elif isinstance(action, m.Launch):
-            await self.launch(d, action)
         elif isinstance(action, m.DeletePod):
             await kube.delete("Pod", action.name, d.namespace, grace_seconds=action.grace_seconds)
         elif isinstance(action, m.StorePatch):
@@ -411,11 +409,6 @@ class DispatchDriver:
             record_finished(action.engine, action.model, action.reason, action.duration_seconds)
         elif isinstance(action, m.PreflightFailed):
             record_preflight_failure(action.reason)
-
-    async def launch(self, d: m.Dispatch, action: m.Launch) -> None:
-        pod, children = await self.prepare_launch(d, action)
-        await self.ctx.kube.create(pod)
-        await asyncio.gather(*(self.ctx.kube.create(child) for child in children()))
 
     async def prepare_launch(
         self, d: m.Dispatch, action: m.Launch
