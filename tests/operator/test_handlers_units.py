@@ -6,15 +6,24 @@ import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import kopf
 import pytest
 
 from buildstudio.api.engine import BuildEngineSpec
 from buildstudio.core.admission import Entry, Limits
 from buildstudio.gate import EngineState
-from buildstudio.handlers import FINALIZER, finalizers_with_ours
+from buildstudio.handlers import (
+    DIFFBASE_ANNOTATION,
+    DIFFBASE_KEY,
+    FINALIZER,
+    SpecDiffBaseStorage,
+    finalizers_with_ours,
+    needs_daemon,
+)
 from buildstudio.handlers.context import QueueBoard, queue_entry
 from buildstudio.handlers.dispatch import ignored_spec_changes, parse_dispatch
 from buildstudio.handlers.engine import merge_patch_between, needs_probe, parse_version, probe_plan
+from buildstudio.pins import API_GROUP
 
 T0 = datetime(2026, 11, 25, 10, tzinfo=UTC)
 SPEC = BuildEngineSpec.model_validate(
@@ -136,6 +145,68 @@ def test_finalizer_rides_on_the_create_write_only_when_it_is_safe_and_needed() -
     assert finalizers_with_ours(None, {"ttlSecondsAfterFinished": 60}, refused) == [FINALIZER]
 
 
+def test_no_daemon_in_the_window_before_kopf_writes_the_create_outcome() -> None:
+    """The create handler's status write lands before kopf's write carrying the finalizer: an
+    event in between must not want a daemon (kopf would race its own write with a JSON patch)."""
+    running = {"conditions": [{"type": "Admitted", "status": "True"}, {"type": "Running", "status": "Unknown"}]}
+    between = {"metadata": {"name": "d"}, "spec": {}, "status": running}
+    written = {"metadata": {"finalizers": [FINALIZER], "annotations": {DIFFBASE_ANNOTATION: "{}"}}, "status": running}
+    foreign = {"metadata": {"finalizers": ["other.io/keep"]}, "status": running}  # kopf must add ours itself
+    stripped = {"metadata": {"annotations": {DIFFBASE_ANNOTATION: "{}"}}, "status": running}  # someone removed it
+    assert not needs_daemon(kopf.Body(between))
+    assert needs_daemon(kopf.Body(written)) and needs_daemon(kopf.Body(foreign)) and needs_daemon(kopf.Body(stripped))
+    assert not needs_daemon(kopf.Body({"metadata": {"finalizers": [FINALIZER]}, "status": {}}))  # at the entry
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "apiVersion": "buildstudio.dpf.dev/v1alpha1",
+            "kind": "BuildEngine",
+            "metadata": {"name": "a", "uid": "u", "resourceVersion": "7"},
+            "spec": {"x": [1, {"y": 2}]},
+        },
+        {
+            "apiVersion": "buildstudio.dpf.dev/v1alpha1",
+            "kind": "BuildDispatch",
+            "metadata": {
+                "name": "d",
+                "namespace": "n",
+                "generation": 3,
+                "labels": {"team": "a"},
+                "annotations": {
+                    f"{API_GROUP}/kopf-managed": "yes",
+                    f"{API_GROUP}/{DIFFBASE_KEY}": '{"spec":{}}',
+                    f"{API_GROUP}/admit": "{}",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                    "note": "kept",
+                },
+                "finalizers": [FINALIZER],
+                "managedFields": [{"manager": "kubectl"}],
+            },
+            "spec": {"prompt": "p", "repo": {"url": "u"}, "cancel": False},
+            "status": {"conditions": [{"type": "Running", "status": "True"}], "diff": "x" * 1000},
+        },
+    ],
+)
+def test_spec_diffbase_builds_what_kopfs_own_builds(body: dict[str, object]) -> None:
+    ours = SpecDiffBaseStorage(prefix=API_GROUP, key=DIFFBASE_KEY, tracked_kinds=["BuildDispatch", "BuildEngine"])
+    theirs = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP, key=DIFFBASE_KEY)
+    essence = ours.build(body=kopf.Body(body))
+    assert essence == theirs.build(body=kopf.Body(body))
+    assert "status" not in essence and "spec" in essence
+    extra = ours.build(body=kopf.Body(body), extra_fields=["status.conditions"])  # kopf's own way
+    assert extra == theirs.build(body=kopf.Body(body), extra_fields=["status.conditions"])
+
+
+def test_spec_diffbase_skips_kinds_without_change_handlers() -> None:
+    """A sandbox pod's essence is never used (no change handlers or daemons on pods): empty."""
+    ours = SpecDiffBaseStorage(prefix=API_GROUP, key=DIFFBASE_KEY, tracked_kinds=["BuildDispatch"])
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
+    assert ours.build(body=kopf.Body(pod)) == {}
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_queue_board_tail_placement_matches_a_full_plan(seed: int) -> None:
     """A board that places new dispatches at the tail of its plan (never re-planning unless
@@ -151,7 +222,10 @@ def test_queue_board_tail_placement_matches_a_full_plan(seed: int) -> None:
         if roll < 0.55 or not live:  # a new dispatch (the newest) arrives
             clock += 1
             entry = Entry(
-                key=("n", f"d{clock}"), engine=rng.choice("ab"), model=rng.choice("xy"), created=f"{clock:06d}",
+                key=("n", f"d{clock}"),
+                engine=rng.choice("ab"),
+                model=rng.choice("xy"),
+                created=f"{clock:06d}",
                 state="waiting",
             )
         elif roll < 0.8:  # one finishes or is cancelled

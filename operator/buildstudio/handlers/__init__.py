@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -39,11 +39,26 @@ ENGINES = (API_GROUP, API_VERSION, "buildengines")
 
 
 FINALIZER = f"{API_GROUP}/finalizer"
+DIFFBASE_KEY = "last-handled-configuration"
+DIFFBASE_ANNOTATION = f"{API_GROUP}/{DIFFBASE_KEY}"
 
 
 def needs_daemon(body: kopf.Body, **_: Any) -> bool:
-    """Queued and running dispatches, and finished ones waiting for their TTL."""
-    return daemon_wanted(body.get("spec") or {}, body.get("status") or {})
+    """Queued and running dispatches, and finished ones waiting for their TTL — once the create
+    handler's outcome is written (see ``finalizer_on_its_way``)."""
+    meta = body.get("metadata") or {}
+    return daemon_wanted(body.get("spec") or {}, body.get("status") or {}) and not finalizer_on_its_way(meta)
+
+
+def finalizer_on_its_way(meta: Mapping[str, Any]) -> bool:
+    """True between the create handler's own status write and kopf's write of its outcome.
+
+    That window shows a status that wants a daemon but no finalizer; kopf would answer it with
+    a JSON patch of the finalizer (tested against a resourceVersion that kopf's own write is
+    about to change: a wasted write, usually a 422) although the finalizer already rides on
+    kopf's write (``finalizers_with_ours``). kopf writes the diff-base annotation with every
+    handled cycle and never removes it, so once it is there the window has closed for good."""
+    return not meta.get("finalizers") and DIFFBASE_ANNOTATION not in (meta.get("annotations") or {})
 
 
 def daemon_wanted(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
@@ -69,11 +84,35 @@ def finalizers_with_ours(
     return [FINALIZER]
 
 
+class SpecDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base, built without deep-copying what it throws away.
+
+    kopf builds an object's essence on every watch event of every watched kind, deep-copying
+    the whole body and then dropping ``status`` and most of ``metadata``. For a dispatch the
+    status is most of the body; a sandbox pod's essence (its whole spec) is never used at all,
+    since pods have no change handlers or daemons here. So: our own kinds get exactly kopf's
+    essence, built from a body without the parts it drops; other kinds an empty one."""
+
+    def __init__(self, *, tracked_kinds: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tracked_kinds = frozenset(tracked_kinds)
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if extra_fields:  # a handler tracks extra (maybe status) fields: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        if body.get("kind") not in self.tracked_kinds:
+            return kopf.BodyEssence()
+        meta = body.get("metadata") or {}
+        slim: dict[str, Any] = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+        slim["metadata"] = {key: meta[key] for key in ("name", "namespace", "labels", "annotations") if key in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, slim)), extra_fields=extra_fields)
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     """kopf settings the operator relies on (also applied by tests that build their own)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
+    settings.persistence.diffbase_storage = SpecDiffBaseStorage(
+        prefix=API_GROUP, key=DIFFBASE_KEY, tracked_kinds=("BuildDispatch", "BuildEngine")
     )
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
@@ -145,8 +184,9 @@ def build_registry(
     ) -> dict[tuple[str, str], Any]:
         # Only what admission counts (waiting and running): the plan's cost stays with the live
         # dispatches, however many finished ones are kept around.
+        # The views as they are: copying them into dicts resolves every key (kopf's views are lazy).
         ns = namespace or ""
-        entry = queue_entry(ns, name, dict(meta), dict(status))
+        entry = queue_entry(ns, name, meta, status)
         return {(ns, name): entry} if entry.state != "other" else {}
 
     @kopf.index("v1", "pods", registry=registry, id="sandbox_pods", labels=SANDBOX_LABELS)
