@@ -17,6 +17,7 @@ from buildstudio.handlers import (
     DIFFBASE_KEY,
     FINALIZER,
     SpecDiffBaseStorage,
+    build_registry,
     finalizers_with_ours,
     needs_daemon,
 )
@@ -145,17 +146,59 @@ def test_finalizer_rides_on_the_create_write_only_when_it_is_safe_and_needed() -
     assert finalizers_with_ours(None, {"ttlSecondsAfterFinished": 60}, refused) == [FINALIZER]
 
 
+def kopf_matches(handler_id: str, body: dict[str, object]) -> bool:
+    """Whether kopf itself (its registry's matching: filters, then callbacks) selects a handler of
+    the operator for this dispatch body."""
+    import logging
+
+    from kopf._cogs.structs import ephemera, patches, references
+    from kopf._core.intents import causes, registries
+
+    registry = build_registry(seed=False)
+    resource = references.Resource(
+        group=API_GROUP, version="v1alpha1", plural="builddispatches", kind="BuildDispatch", namespaced=True
+    )
+    handlers = [*registry._spawning.get_all_handlers(), *registry._indexing.get_all_handlers()]
+    handler = next(h for h in handlers if h.id == handler_id)
+    cause = causes.SpawningCause(
+        resource=resource,
+        indices={},  # type: ignore[arg-type]  # no index is read by these filters
+        logger=logging.getLogger("test"),
+        patch=patches.Patch(),
+        memo=ephemera.Memo(),
+        body=kopf.Body(body),  # type: ignore[arg-type]
+        reset=False,
+    )
+    return registries.match(handler, cause)
+
+
+RUNNING = {"conditions": [{"type": "Admitted", "status": "True"}, {"type": "Running", "status": "Unknown"}]}
+
+
 def test_no_daemon_in_the_window_before_kopf_writes_the_create_outcome() -> None:
-    """The create handler's status write lands before kopf's write carrying the finalizer: an
-    event in between must not want a daemon (kopf would race its own write with a JSON patch)."""
-    running = {"conditions": [{"type": "Admitted", "status": "True"}, {"type": "Running", "status": "Unknown"}]}
-    between = {"metadata": {"name": "d"}, "spec": {}, "status": running}
-    written = {"metadata": {"finalizers": [FINALIZER], "annotations": {DIFFBASE_ANNOTATION: "{}"}}, "status": running}
-    foreign = {"metadata": {"finalizers": ["other.io/keep"]}, "status": running}  # kopf must add ours itself
-    stripped = {"metadata": {"annotations": {DIFFBASE_ANNOTATION: "{}"}}, "status": running}  # someone removed it
-    assert not needs_daemon(kopf.Body(between))
-    assert needs_daemon(kopf.Body(written)) and needs_daemon(kopf.Body(foreign)) and needs_daemon(kopf.Body(stripped))
-    assert not needs_daemon(kopf.Body({"metadata": {"finalizers": [FINALIZER]}, "status": {}}))  # at the entry
+    """The create handler's status write lands before kopf's write carrying the finalizer and the
+    diff-base: an event in between must not want a daemon (kopf would race its own write with a
+    JSON patch). A brand-new dispatch does not even reach the callback."""
+    meta = {"name": "d", "namespace": "n"}
+    between = {"metadata": meta, "spec": {}, "status": RUNNING}
+    written = {"metadata": {**meta, "finalizers": [FINALIZER], "annotations": {DIFFBASE_ANNOTATION: "{}"}}}
+    stripped = {"metadata": {**meta, "annotations": {DIFFBASE_ANNOTATION: "{}"}}}  # finalizer removed by hand
+    assert not kopf_matches("dispatch", between)
+    assert not kopf_matches("dispatch", {**between, "metadata": {**meta, "finalizers": ["other.io/keep"]}})
+    assert kopf_matches("dispatch", {**written, "status": RUNNING})
+    assert kopf_matches("dispatch", {**stripped, "status": RUNNING})  # kopf adds the finalizer back itself
+    assert not kopf_matches("dispatch", {**written, "status": {}})  # at the entry: nothing to wait for
+    assert needs_daemon(kopf.Body({"status": RUNNING})) and not needs_daemon(kopf.Body({"status": {}}))
+
+
+def test_the_queue_index_skips_dispatches_without_conditions() -> None:
+    """A new dispatch skips the queue index (kopf drops its entry, as for any unmatched object);
+    one with conditions is indexed, whatever its state (the handler decides what counts)."""
+    meta = {"name": "d", "namespace": "n", "creationTimestamp": "2026-11-25T10:00:00Z"}
+    assert not kopf_matches("dispatch_queue", {"metadata": meta, "spec": {}})
+    assert not kopf_matches("dispatch_queue", {"metadata": meta, "spec": {}, "status": {"phase": "Pending"}})
+    assert kopf_matches("dispatch_queue", {"metadata": meta, "spec": {}, "status": RUNNING})
+    assert queue_entry("n", "d", meta, {}).state == "other"  # what the skipped ones would have been
 
 
 @pytest.mark.parametrize(

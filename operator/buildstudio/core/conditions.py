@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 Status = Literal["True", "False", "Unknown"]
@@ -24,6 +25,7 @@ MODEL_SERVICE_READY = "ModelServiceReady"
 MESSAGE_LIMIT = 1024
 
 
+@lru_cache(maxsize=64)  # one decision stamps several fields with the same ``now``
 def timestamp(now: datetime) -> str:
     """RFC 3339, seconds precision, UTC (what the apiserver stores)."""
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -44,21 +44,15 @@ DIFFBASE_ANNOTATION = f"{API_GROUP}/{DIFFBASE_KEY}"
 
 
 def needs_daemon(body: kopf.Body, **_: Any) -> bool:
-    """Queued and running dispatches, and finished ones waiting for their TTL — once the create
-    handler's outcome is written (see ``finalizer_on_its_way``)."""
-    meta = body.get("metadata") or {}
-    return daemon_wanted(body.get("spec") or {}, body.get("status") or {}) and not finalizer_on_its_way(meta)
+    """Queued and running dispatches, and finished ones waiting for their TTL.
 
-
-def finalizer_on_its_way(meta: Mapping[str, Any]) -> bool:
-    """True between the create handler's own status write and kopf's write of its outcome.
-
-    That window shows a status that wants a daemon but no finalizer; kopf would answer it with
-    a JSON patch of the finalizer (tested against a resourceVersion that kopf's own write is
-    about to change: a wasted write, usually a 422) although the finalizer already rides on
-    kopf's write (``finalizers_with_ours``). kopf writes the diff-base annotation with every
-    handled cycle and never removes it, so once it is there the window has closed for good."""
-    return not meta.get("finalizers") and DIFFBASE_ANNOTATION not in (meta.get("annotations") or {})
+    The daemon also requires kopf's diff-base annotation (a literal annotation filter, checked
+    before this callback). kopf writes it with the outcome of the create handler's cycle, in the
+    same merge patch as the finalizer (``finalizers_with_ours``), and never removes it. So a brand
+    new dispatch costs no call here, and the event of the create handler's own status write, which
+    lands before kopf's write, wants no daemon: otherwise kopf would answer it with a JSON patch
+    of the finalizer, tested against a resourceVersion its own write is about to change."""
+    return daemon_wanted(body.get("spec") or {}, body.get("status") or {})
 
 
 def daemon_wanted(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
@@ -178,7 +172,9 @@ def build_registry(
         state = engine_state(name, dict(spec), dict(status))
         return {name: state} if state is not None else {}  # {} drops a stale entry; None would keep it
 
-    @kopf.index(*DISPATCHES, registry=registry, id="dispatch_queue")
+    # A dispatch without conditions is neither waiting nor running; kopf checks the field before
+    # it runs the handler machinery, so a new dispatch reaches its create handler sooner.
+    @kopf.index(*DISPATCHES, registry=registry, id="dispatch_queue", field="status.conditions")
     async def dispatch_queue(
         namespace: str | None, name: str, meta: kopf.Meta, status: kopf.Status, **_: Any
     ) -> dict[tuple[str, str], Any]:
@@ -214,6 +210,7 @@ def build_registry(
         *DISPATCHES,
         registry=registry,
         id="dispatch",
+        annotations={DIFFBASE_ANNOTATION: kopf.PRESENT},  # see needs_daemon
         when=needs_daemon,
         backoff=2.0,
         cancellation_backoff=1.0,
