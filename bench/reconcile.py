@@ -31,6 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,12 @@ from buildstudio.scripted_server import ScriptedServer  # noqa: E402
 
 OURS = """
 import logging, kopf
-from buildstudio.handlers import build_registry
+from buildstudio.handlers import build_registry, tune_gc
 from buildstudio.core.settings import Settings
 logging.basicConfig(level=logging.WARNING)
-kopf.run(registry=build_registry(Settings(), namespace="default", seed=False), standalone=True,
-         clusterwide=True)
+registry = build_registry(Settings(), namespace="default", seed=False)
+tune_gc()  # as `buildstudio operator` (run_operator) does
+kopf.run(registry=registry, standalone=True, clusterwide=True)
 """
 
 BARE = """
@@ -209,7 +212,7 @@ class Bench:
         self.http = http
         self.kubeconfig = kubeconfig
         self.pods_seen: dict[str, float] = {}
-        self.posted: dict[str, dict[str, float]] = {"sequential": {}, "settled": {}, "latencies": {}}
+        self.posted: dict[str, dict[str, float]] = {"sequential": {}, "settled": {}, "latencies": {}, "paired": {}}
         # The operator's stderr (warnings and errors only), for when a figure looks wrong.
         self.log = (Path(tempfile.gettempdir()) / "buildstudio-bench-operator.log").open("ab")
 
@@ -300,11 +303,22 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def run_phase(code: str, n: int, *, ours: bool, max_running: int, rss_wait: bool = False) -> dict[str, Any]:
+@dataclass
+class Env:
+    """One operator with its own emulator, ready for dispatches."""
+
+    bench: Bench
+    http: httpx.AsyncClient
+    proc: asyncio.subprocess.Process
+    emulator: RecordingEmulator
+
+
+@contextlib.asynccontextmanager
+async def environment(code: str, *, ours: bool, max_running: int, model_url: str) -> AsyncIterator[Env]:
+    """An emulator (with the engine, for ours), a pod watch and the operator, started."""
     async with (
         RecordingEmulator(trim_requests=100) as emulator,
         kmock.Server(emulator, host="127.0.0.1") as server,
-        ScriptedServer([{"text": "x"}]) as model,
     ):
         register_buildstudio(emulator)
         url = str(server.url).rstrip("/")
@@ -314,7 +328,7 @@ async def run_phase(code: str, n: int, *, ours: bool, max_running: int, rss_wait
             async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10.0)) as http:
                 if ours:
                     await http.post(
-                        "/apis/buildstudio.dpf.dev/v1alpha1/buildengines", json=engine(model.base_url, max_running)
+                        "/apis/buildstudio.dpf.dev/v1alpha1/buildengines", json=engine(model_url, max_running)
                     )
                     await http.patch(
                         "/apis/buildstudio.dpf.dev/v1alpha1/buildengines/opencode/status",
@@ -326,53 +340,76 @@ async def run_phase(code: str, n: int, *, ours: bool, max_running: int, rss_wait
                 proc = await bench.start_operator(code)
                 try:
                     await asyncio.sleep(3.0)  # start-up (imports, login, initial listings)
-                    if rss_wait:
-                        for i in range(n):
-                            r = await http.post(
-                                "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches",
-                                json=dispatch(f"q-{i}"),
-                            )
-                            r.raise_for_status()
-                        t0 = time.perf_counter()
-                        queued = 0
-                        while time.perf_counter() - t0 < 600:
-                            r = await http.get("/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches")
-                            items = r.json()["items"]
-                            queued = sum((i.get("status") or {}).get("phase") == "Queued" for i in items)
-                            if queued >= n - max_running:
-                                break
-                            await asyncio.sleep(1.0)
-                        return {"queued": queued, "seconds": time.perf_counter() - t0, "rss_mb": rss_mb(proc.pid)}
-                    cpu: dict[str, tuple[float, float]] = {}
-                    c0, b0 = cpu_seconds(proc.pid), time.process_time()
-                    seq = await bench.one_by_one(n, "s", bound=10, series="sequential")
-                    c1, b1 = cpu_seconds(proc.pid), time.process_time()
-                    settled = await bench.one_by_one(n, "q", bound=10, series="settled", settle=0.05)
-                    c2, b2 = cpu_seconds(proc.pid), time.process_time()
-                    lat = await bench.burst(n, "d", bound=300)
-                    await asyncio.sleep(2.0)  # the burst's follow-up writes, for the CPU figures
-                    c3, b3 = cpu_seconds(proc.pid), time.process_time()
-                    cpu = {
-                        "sequential": (c1 - c0, b1 - b0),
-                        "settled": (c2 - c1, b2 - b1),
-                        "latencies": (c3 - c2, b3 - b2),
-                    }
-                    calls = getattr(emulator, "calls", {})
-                    return {
-                        "latencies": lat,
-                        "sequential": seq,
-                        "settled": settled,
-                        "cpu": cpu,
-                        "rss_mb": rss_mb(proc.pid),
-                        "breakdown": {
-                            key: breakdown(calls, posted, bench.pods_seen) for key, posted in bench.posted.items()
-                        },
-                    }
+                    yield Env(bench, http, proc, emulator)
                 finally:
                     await stop(proc)
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await watcher
+
+
+async def run_phase(code: str, n: int, *, ours: bool, max_running: int, rss_wait: bool = False) -> dict[str, Any]:
+    async with (
+        ScriptedServer([{"text": "x"}]) as model,
+        environment(code, ours=ours, max_running=max_running, model_url=model.base_url) as env,
+    ):
+        bench, http, proc = env.bench, env.http, env.proc
+        if rss_wait:
+            for i in range(n):
+                r = await http.post(
+                    "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches", json=dispatch(f"q-{i}")
+                )
+                r.raise_for_status()
+            t0 = time.perf_counter()
+            queued = 0
+            while time.perf_counter() - t0 < 600:
+                r = await http.get("/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches")
+                items = r.json()["items"]
+                queued = sum((i.get("status") or {}).get("phase") == "Queued" for i in items)
+                if queued >= n - max_running:
+                    break
+                await asyncio.sleep(1.0)
+            return {"queued": queued, "seconds": time.perf_counter() - t0, "rss_mb": rss_mb(proc.pid)}
+        c0, b0 = cpu_seconds(proc.pid), time.process_time()
+        seq = await bench.one_by_one(n, "s", bound=10, series="sequential")
+        c1, b1 = cpu_seconds(proc.pid), time.process_time()
+        settled = await bench.one_by_one(n, "q", bound=10, series="settled", settle=0.05)
+        c2, b2 = cpu_seconds(proc.pid), time.process_time()
+        lat = await bench.burst(n, "d", bound=300)
+        await asyncio.sleep(2.0)  # the burst's follow-up writes, for the CPU figures
+        c3, b3 = cpu_seconds(proc.pid), time.process_time()
+        cpu = {
+            "sequential": (c1 - c0, b1 - b0),
+            "settled": (c2 - c1, b2 - b1),
+            "latencies": (c3 - c2, b3 - b2),
+        }
+        calls = getattr(env.emulator, "calls", {})
+        return {
+            "latencies": lat,
+            "sequential": seq,
+            "settled": settled,
+            "cpu": cpu,
+            "rss_mb": rss_mb(proc.pid),
+            "breakdown": {key: breakdown(calls, posted, bench.pods_seen) for key, posted in bench.posted.items()},
+        }
+
+
+async def paired(n: int, settle: float = 0.05) -> tuple[list[float], list[float]]:
+    """Both operators up at once, each with its own emulator; dispatches alternate between them,
+    each after the previous one's pod plus ``settle`` seconds. Load drifting on a shared machine
+    then hits both sides alike (the rounds above run minutes apart)."""
+    async with (
+        ScriptedServer([{"text": "x"}]) as model,
+        environment(BARE, ours=False, max_running=n, model_url=model.base_url) as bare,
+        environment(OURS, ours=True, max_running=1000, model_url=model.base_url) as ours,
+    ):
+        out: tuple[list[float], list[float]] = ([], [])
+        for i in range(n):
+            order = ((0, bare), (1, ours)) if i % 2 == 0 else ((1, ours), (0, bare))
+            for side, env in order:
+                got = await env.bench.one_by_one(1, f"p{i}", bound=10, series="paired", settle=settle)
+                out[side].extend(got)
+        return sorted(out[0]), sorted(out[1])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -385,6 +422,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="bare/ours pairs, alternating which goes first")
     ap.add_argument("--queued", type=int, default=1000)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--skip-paired", action="store_true")
     args = ap.parse_args()
     rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for i in range(args.rounds):
@@ -429,6 +467,16 @@ async def main() -> None:
             print(f"  {mode}, {label}: API calls per dispatch (median start after its POST)")
             print("\n".join(res["breakdown"][key]))
     print(f"RSS after the runs: bare {bare['rss_mb']:.0f} MB, buildstudio {ours['rss_mb']:.0f} MB")
+    if not args.skip_paired:
+        bare_lat, ours_lat = await paired(n)
+        print(f"paired: both operators up at once, {n} dispatches each, alternating, 50 ms apart")
+        for label, lat in (("bare kopf handler", bare_lat), ("buildstudio operator", ours_lat)):
+            print(f"paired        {label:22s} pods {len(lat)}/{n}  p50 {pct(lat, 50) * 1000:7.1f} ms  "
+                  f"p95 {pct(lat, 95) * 1000:7.1f} ms")
+        print(
+            f"paired        ratio ours/bare: p50 {pct(ours_lat, 50) / pct(bare_lat, 50):.2f}x  "
+            f"p95 {pct(ours_lat, 95) / pct(bare_lat, 95):.2f}x  (goal ≤ 1.3x)"
+        )
     if not args.skip_rss:
         res = await run_phase(OURS, args.queued, ours=True, max_running=1, rss_wait=True)
         print(

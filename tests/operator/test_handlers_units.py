@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,10 +17,12 @@ from buildstudio.handlers import (
     DIFFBASE_ANNOTATION,
     DIFFBASE_KEY,
     FINALIZER,
+    GC_THRESHOLDS,
     SpecDiffBaseStorage,
     build_registry,
     finalizers_with_ours,
     needs_daemon,
+    run_operator,
 )
 from buildstudio.handlers.context import QueueBoard, queue_entry
 from buildstudio.handlers.dispatch import ignored_spec_changes, parse_dispatch
@@ -300,3 +303,22 @@ def test_queue_board_tail_placement_matches_a_full_plan(seed: int) -> None:
             index[entry.key] = entry
         for engine, lim in limits.items():
             assert sum(1 for e in index.values() if e.state == "running" and e.engine == engine) <= lim.max_running
+
+
+def test_the_operator_runs_with_the_imports_frozen_and_rarer_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``buildstudio operator`` tunes the collector before kopf starts (see ``tune_gc``)."""
+    seen: dict[str, object] = {}
+
+    def fake_run(**kwargs: object) -> None:
+        seen.update(threshold=gc.get_threshold(), frozen=gc.get_freeze_count(), kwargs=kwargs)
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(kopf, "run", fake_run)
+    try:
+        run_operator(namespaces=["team-a"])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["threshold"] == GC_THRESHOLDS
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 10_000  # the imported modules, classes, schemas
+    assert seen["kwargs"]["namespaces"] == ["team-a"] and not seen["kwargs"]["clusterwide"]  # type: ignore[index]
