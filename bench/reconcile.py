@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,21 @@ logging.basicConfig(level=logging.WARNING)
 registry = build_registry(Settings(), namespace="default", seed=False)
 tune_gc()  # as `buildstudio operator` (run_operator) does
 kopf.run(registry=registry, standalone=True, clusterwide=True)
+"""
+
+# Prepended to both operators: their collector's work, as (monotonic start, seconds) per collection,
+# written at exit to $BENCH_GC_OUT (CLOCK_MONOTONIC is system-wide, so the bench can slice it by series).
+COLLECTOR = """
+import atexit, gc, json, os, time
+_gc_log, _gc_t0 = [], [0.0]
+def _gc_note(phase, info):
+    if phase == "start":
+        _gc_t0[0] = time.monotonic()
+    else:
+        _gc_log.append((_gc_t0[0], time.monotonic() - _gc_t0[0], info["generation"]))
+gc.callbacks.append(_gc_note)
+if os.environ.get("BENCH_GC_OUT"):
+    atexit.register(lambda: open(os.environ["BENCH_GC_OUT"], "w").write(json.dumps(_gc_log)))
 """
 
 BARE = """
@@ -216,12 +231,13 @@ class Bench:
         # The operator's stderr (warnings and errors only), for when a figure looks wrong.
         self.log = (Path(tempfile.gettempdir()) / "buildstudio-bench-operator.log").open("ab")
 
-    async def start_operator(self, code: str) -> asyncio.subprocess.Process:
+    async def start_operator(self, code: str, gc_out: Path) -> asyncio.subprocess.Process:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONPATH=str(REPO / "operator"))
+        env["BENCH_GC_OUT"] = str(gc_out)
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            code,
+            COLLECTOR + code,
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=self.log,
@@ -311,6 +327,12 @@ class Env:
     http: httpx.AsyncClient
     proc: asyncio.subprocess.Process
     emulator: RecordingEmulator
+    gc_log: list[tuple[float, float, int]] = field(default_factory=list)  # read when the operator exits
+
+    def collections(self, since: float, until: float) -> tuple[float, float]:
+        """The operator's collector time between two ``time.monotonic()`` readings: (total, longest)."""
+        spans = [seconds for start, seconds, _gen in self.gc_log if since <= start < until]
+        return sum(spans), max(spans, default=0.0)
 
 
 @contextlib.asynccontextmanager
@@ -325,6 +347,7 @@ async def environment(code: str, *, ours: bool, max_running: int, model_url: str
         with tempfile.TemporaryDirectory() as tmp:
             kubeconfig = Path(tmp) / "kubeconfig"
             kubeconfig.write_text(kubeconfig_text(url))
+            gc_out = Path(tmp) / "gc.json"
             async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10.0)) as http:
                 if ours:
                     await http.post(
@@ -337,12 +360,15 @@ async def environment(code: str, *, ours: bool, max_running: int, model_url: str
                     )
                 bench = Bench(http, kubeconfig)
                 watcher = asyncio.create_task(bench.watch_pods())
-                proc = await bench.start_operator(code)
+                proc = await bench.start_operator(code, gc_out)
+                env = Env(bench, http, proc, emulator)
                 try:
                     await asyncio.sleep(3.0)  # start-up (imports, login, initial listings)
-                    yield Env(bench, http, proc, emulator)
+                    yield env
                 finally:
                     await stop(proc)
+                    if gc_out.exists():
+                        env.gc_log = [tuple(row) for row in json.loads(gc_out.read_text())]
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await watcher
@@ -370,28 +396,29 @@ async def run_phase(code: str, n: int, *, ours: bool, max_running: int, rss_wait
                     break
                 await asyncio.sleep(1.0)
             return {"queued": queued, "seconds": time.perf_counter() - t0, "rss_mb": rss_mb(proc.pid)}
-        c0, b0 = cpu_seconds(proc.pid), time.process_time()
+        marks = [(time.monotonic(), cpu_seconds(proc.pid), time.process_time())]
         seq = await bench.one_by_one(n, "s", bound=10, series="sequential")
-        c1, b1 = cpu_seconds(proc.pid), time.process_time()
+        marks.append((time.monotonic(), cpu_seconds(proc.pid), time.process_time()))
         settled = await bench.one_by_one(n, "q", bound=10, series="settled", settle=0.05)
-        c2, b2 = cpu_seconds(proc.pid), time.process_time()
+        marks.append((time.monotonic(), cpu_seconds(proc.pid), time.process_time()))
         lat = await bench.burst(n, "d", bound=300)
         await asyncio.sleep(2.0)  # the burst's follow-up writes, for the CPU figures
-        c3, b3 = cpu_seconds(proc.pid), time.process_time()
-        cpu = {
-            "sequential": (c1 - c0, b1 - b0),
-            "settled": (c2 - c1, b2 - b1),
-            "latencies": (c3 - c2, b3 - b2),
-        }
+        marks.append((time.monotonic(), cpu_seconds(proc.pid), time.process_time()))
+        rss = rss_mb(proc.pid)
         calls = getattr(env.emulator, "calls", {})
-        return {
-            "latencies": lat,
-            "sequential": seq,
-            "settled": settled,
-            "cpu": cpu,
-            "rss_mb": rss_mb(proc.pid),
-            "breakdown": {key: breakdown(calls, posted, bench.pods_seen) for key, posted in bench.posted.items()},
-        }
+    keys = ("sequential", "settled", "latencies")
+    return {
+        "latencies": lat,
+        "sequential": seq,
+        "settled": settled,
+        # per series: (operator CPU, emulator + bench CPU, operator's collector total, longest collection)
+        "cpu": {
+            key: (b[1] - a[1], b[2] - a[2], *env.collections(a[0], b[0]))
+            for key, a, b in zip(keys, marks[:-1], marks[1:], strict=True)
+        },
+        "rss_mb": rss,
+        "breakdown": {key: breakdown(calls, posted, bench.pods_seen) for key, posted in bench.posted.items()},
+    }
 
 
 async def paired(n: int, settle: float = 0.05) -> tuple[list[float], list[float]]:
@@ -459,10 +486,11 @@ async def main() -> None:
     print("Last round, in detail:")
     for mode, key in modes:
         for label, res in (("bare kopf handler", bare), ("buildstudio operator", ours)):
-            op_cpu, bench_cpu = res["cpu"][key]
+            op_cpu, bench_cpu, gc_total, gc_longest = res["cpu"][key]
             print(
-                f"  {mode}, {label}: CPU per dispatch: operator {op_cpu / n * 1000:.1f} ms, "
-                f"emulator + bench client {bench_cpu / n * 1000:.1f} ms"
+                f"  {mode}, {label}: CPU per dispatch: operator {op_cpu / n * 1000:.1f} ms "
+                f"(of which its garbage collector {gc_total / n * 1000:.2f} ms; longest collection "
+                f"{gc_longest * 1000:.0f} ms), emulator + bench client {bench_cpu / n * 1000:.1f} ms"
             )
             print(f"  {mode}, {label}: API calls per dispatch (median start after its POST)")
             print("\n".join(res["breakdown"][key]))
