@@ -262,11 +262,10 @@ def tune_gc() -> None:
 
     Every watch event makes thousands of short-lived containers (kopf's bodies, views, causes),
     and the long-lived set grows with the objects kopf remembers. With Python's defaults the
-    collector took 1.3 to 1.6 ms per dispatch (about a fifth of the operator's CPU in
-    ``bench/reconcile.py``) with full collections of 90 to 150 ms. Freezing what the imports left
-    (modules, classes, schemas: never garbage) keeps it out of every later collection, and a
-    larger first threshold makes collections rarer: ≈ 0.6 ms per dispatch, one full collection
-    of ≈ 25 ms in the same run."""
+    collector took 0.7 to 1.4 ms per dispatch in ``bench/reconcile.py``, with full collections
+    of 80 to 150 ms. Freezing what the imports left (modules, classes, schemas: never garbage)
+    keeps it out of every later collection, and a larger first threshold makes collections rarer:
+    about half the collector time, the longest collection 15 to 65 ms."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
