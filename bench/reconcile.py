@@ -10,8 +10,11 @@
 
 Series: one at a time (next POST as soon as the previous pod shows), 50 ms apart (the previous
 dispatch's follow-up writes have settled), and a burst. Per series it also prints the CPU per
-dispatch (operator; emulator + bench client) and the breakdown: when each API call of a
-dispatch reached the emulator, median ms after its POST (``RecordingEmulator``). Both
+dispatch (operator, with its garbage collector's share and longest collection; emulator + bench
+client) and the breakdown: when each API call of a dispatch reached the emulator, median ms after
+its POST (``RecordingEmulator``). Then the paired series: both operators up at once, each with its
+own emulator, dispatches alternating between them 50 ms apart, so that the host's drift (the
+rounds run minutes apart) hits both sides alike. Both
 operators run with kopf's default batching/watching settings and the same trimmed emulator;
 the bare one has no finalizer, status, indexes or daemons, so it does 2 writes per dispatch.
 
