@@ -48,6 +48,8 @@ e2e: setup
 	  echo "e2e skipped: needs kind and a running Docker engine (none here)"; exit 0; fi; \
 	bash hack/e2e-kind.sh
 
+controlplane control-plane: ; bash hack/build-control-plane.sh  # etcd + kube-apiserver + kube-controller-manager, cached by version
+
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import os
+import secrets
+import stat
 import subprocess
+import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from buildstudio.gitdiff import (
+    Entry,
     GitDiffError,
     PatchSink,
     capture,
+    capture_from_base,
+    classify,
+    copy_tree,
     excerpt_of,
     head_commit,
     is_git_repo,
+    parse_check_ignore,
     parse_numstat,
 )
 
@@ -219,3 +228,156 @@ def test_patch_sink_cap_keeps_valid_prefix() -> None:
     assert len(raw) <= 20_000 and patch.truncated
     kept = gzip.decompress(raw)
     assert data.startswith(kept) and kept.endswith(b"\n") and len(kept) > 10_000
+
+
+# --------------------------------------------------------------------------- trusted capture
+
+
+@pytest.fixture
+def cloned(tmp_path: Path) -> tuple[Path, Path, str]:
+    """(workspace, trusted bare base, base commit): what the sandbox's clone role leaves behind."""
+    src = tmp_path / "src"
+    src.mkdir()
+    git(src, "init", "-q", "-b", "main")
+    (src / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (src / "gone.txt").write_text("old\n")
+    (src / "lib").mkdir()
+    (src / "lib" / "util.py").write_text("X = 1\n")
+    (src / ".gitignore").write_text("*.log\nbuild/\n")
+    (src / "build").mkdir()
+    (src / "build" / "tracked.cfg").write_text("v1\n")
+    git(src, "add", "-A")
+    git(src, "add", "-f", "build/tracked.cfg")
+    git(src, "commit", "-qm", "base")
+    base = tmp_path / "base" / "repo.git"
+    git(tmp_path, "clone", "-q", "--bare", str(src), str(base))
+    ws = tmp_path / "ws"
+    git(tmp_path, "clone", "-q", str(src), str(ws))
+    return ws, base, git(src, "rev-parse", "HEAD").strip()
+
+
+def test_capture_from_base_trusts_nothing_in_the_workspace(tmp_path: Path, cloned: tuple[Path, Path, str]) -> None:
+    ws, base, commit = cloned
+    # The agent's work: an edit, a new file, a deletion, a crate with its own repository.
+    (ws / "calc.py").write_text("def add(a, b):\n    return int(a) + int(b)\n")
+    (ws / "hello.py").write_text('print("hello")\n')
+    (ws / "gone.txt").unlink()
+    crate = ws / "crate"
+    (crate / "src").mkdir(parents=True)
+    git(crate, "init", "-q")  # as `cargo new` does: no commit in it
+    (crate / "src" / "main.rs").write_text("fn main() {}\n")
+    # The agent's traps: config that runs programs, attributes naming them, a link out.
+    marker = tmp_path / f"PWNED-{secrets.token_hex(4)}"
+    trap = f"touch {marker}"
+    for repo in (ws, crate):
+        with (repo / ".git" / "config").open("a") as fh:
+            fh.write(f'[core]\n\tfsmonitor = {trap}\n[filter "evil"]\n\tclean = {trap}\n\tsmudge = {trap}\n')
+            fh.write(f'[diff "evil"]\n\tcommand = {trap}\n\ttextconv = {trap}\n')
+    (ws / ".gitattributes").write_text("* filter=evil diff=evil\n")
+    (ws / "passwd").symlink_to("/etc/passwd")
+    index_before = (ws / ".git" / "index").read_bytes()
+    scratch = tmp_path / "scratch"
+
+    r = capture_from_base(ws, base, commit, scratch, max_copy_bytes=1 << 20)
+
+    assert not marker.exists()
+    assert r.nested_repos == ("crate/.git",) and r.special_files == ()
+    patch = unpack(r.patch.data).decode()
+    assert patch == r.excerpt and r.patch.sha256 == hashlib.sha256(patch.encode()).hexdigest()
+    assert "+    return int(a) + int(b)" in patch and "diff --git a/gone.txt b/gone.txt\ndeleted file" in patch
+    assert "diff --git a/crate/src/main.rs b/crate/src/main.rs\nnew file mode 100644" in patch
+    assert "diff --git a/passwd b/passwd\nnew file mode 120000" in patch and "+/etc/passwd\n" in patch
+    assert "root:" not in patch  # the link is captured as a link, its target never read
+    assert not [line for line in patch.splitlines() if line.startswith("diff --git") and ".git/" in line]
+    assert (r.stat.files, r.stat.binary_files) == (6, 0)  # calc, hello, gone, main.rs, passwd, .gitattributes
+    assert (ws / ".git" / "index").read_bytes() == index_before  # the workspace is only read
+    assert list(scratch.iterdir()) == []  # the copy and objects are gone
+    # The patch applied to the base reproduces the agent's tree (the nested repository as plain files).
+    check = tmp_path / "check"
+    git(tmp_path, "clone", "-q", str(base), str(check))
+    (tmp_path / "p.diff").write_text(patch)
+    git(check, "apply", str(tmp_path / "p.diff"))
+    assert (check / "crate" / "src" / "main.rs").read_text() == "fn main() {}\n"
+    assert (check / "passwd").is_symlink() and not (check / "gone.txt").exists()
+    # The traps were armed: plain git in the workspace runs them.
+    git(ws, "status")
+    assert marker.exists()
+
+
+def test_capture_from_base_skips_ignored_build_output(tmp_path: Path, cloned: tuple[Path, Path, str]) -> None:
+    ws, base, commit = cloned
+    (ws / "build" / "tracked.cfg").write_text("v2\n")  # tracked, in an ignored directory
+    (ws / "build" / "out.o").write_bytes(b"\0" * 100)  # untracked there: ignored
+    crate = ws / "crate"
+    (crate / "target").mkdir(parents=True)
+    (crate / ".gitignore").write_text("/target\n")
+    (crate / "target" / "huge.bin").write_bytes(b"\0" * (2 << 20))  # over the copy limit, but ignored
+    (crate / "lib.rs").write_text("pub fn f() {}\n")
+    (ws / ":odd name").mkdir()  # not pathspec magic
+    (ws / ":odd name" / "f.txt").write_text("odd\n")
+    os.mkfifo(ws / "pipe")  # never opened (it would block)
+    r = capture_from_base(ws, base, commit, tmp_path / "scratch", max_copy_bytes=1 << 20)
+    patch = unpack(r.patch.data).decode()
+    assert "-v1\n+v2" in patch and "out.o" not in patch and "huge.bin" not in patch
+    assert "b/crate/lib.rs" in patch and "b/crate/.gitignore" in patch and "b/:odd name/f.txt" in patch
+    assert r.special_files == ("pipe",) and r.nested_repos == ()
+
+
+def test_capture_from_base_limits_and_errors(tmp_path: Path, cloned: tuple[Path, Path, str]) -> None:
+    ws, base, commit = cloned
+    (ws / "big.bin").write_bytes(b"\1" * (2 << 20))
+    scratch = tmp_path / "scratch"
+    with pytest.raises(GitDiffError, match=r"more than 1048576 bytes .* at big\.bin"):
+        capture_from_base(ws, base, commit, scratch, max_copy_bytes=1 << 20)
+    assert list(scratch.iterdir()) == []  # the partial copy is removed
+    for rev in ("HEAD", "--output=/tmp/x", commit[:12]):
+        with pytest.raises(GitDiffError, match="full object name"):
+            capture_from_base(ws, base, rev, scratch)
+    with pytest.raises(GitDiffError, match="not in the base repository"):
+        capture_from_base(ws, base, "0" * 40, scratch)
+    with pytest.raises(GitDiffError, match="timed out"):
+        capture_from_base(ws, base, commit, scratch, timeout_s=0.0)
+    with pytest.raises(GitDiffError, match="not a directory"):
+        capture_from_base(tmp_path / "missing", base, commit, scratch)
+
+
+def test_copy_tree_prunes_level_by_level(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "a" / "deep").mkdir(parents=True)
+    (src / "a" / ".git").mkdir()
+    (src / "a" / ".git" / "HEAD").write_text("ref: x\n")
+    (src / ".GIT").write_text("gitdir: /elsewhere\n")  # any case, file or directory
+    bad = os.fsdecode(b"bad\xff")  # not UTF-8: listed printable, the record stays valid JSON
+    (src / bad / ".git").mkdir(parents=True)
+    (src / "a" / "deep" / "f").write_text("f\n")
+    (src / "skip").mkdir()
+    (src / "skip" / "big").write_bytes(b"x" * 1000)
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o755)
+    asked: list[list[str]] = []
+
+    def prune(dirs: list[str]) -> set[str]:
+        asked.append(dirs)
+        assert all((tmp_path / "dst" / d).is_dir() for d in dirs)
+        return {"skip"} & set(dirs)
+
+    copy = copy_tree(src, tmp_path / "dst", max_bytes=100, deadline=time.monotonic() + 60, prune=prune)
+    assert asked == [["a", bad, "skip"], ["a/deep"]]
+    assert copy.nested_repos == ("a/.git", "bad\\xff/.git") and copy.bytes == len("f\n#!/bin/sh\n")
+    assert sorted(str(p.relative_to(tmp_path / "dst")) for p in (tmp_path / "dst").rglob("*")) == [
+        "a",
+        "a/deep",
+        "a/deep/f",
+        bad,
+        "run.sh",
+    ]
+    assert os.access(tmp_path / "dst" / "run.sh", os.X_OK)
+
+
+def test_classify_and_parse_check_ignore() -> None:
+    assert classify(".git", stat.S_IFDIR) is Entry.GIT and classify(".Git", stat.S_IFREG) is Entry.GIT
+    assert classify(".gitignore", stat.S_IFREG) is Entry.FILE and classify("x", stat.S_IFLNK) is Entry.LINK
+    assert classify("x", stat.S_IFIFO) is Entry.SPECIAL and classify("x", stat.S_IFDIR) is Entry.DIR
+    out = b"a/.gitignore\x001\x00/target\x00./a/target\x00\x00\x00\x00./src\x00.gitignore\x002\x00!keep/\x00./keep\x00"
+    assert parse_check_ignore(out) == {"a/target"}
+    assert parse_check_ignore(b"") == set()

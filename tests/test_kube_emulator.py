@@ -21,7 +21,7 @@ from tests.kube.client import BUILDDISPATCHES, CONFIGMAPS, EVENTS, PODS, SECRETS
 from tests.kube.emulator import register_crd
 from tests.kube.kopf_runner import KopfOperatorFactory
 from tests.kube.kubectl import Kubectl
-from tests.kube.kubelet import Kubelet, PodScript
+from tests.kube.kubelet import Kubelet, PodLog, PodScript
 
 # The fixtures, for when tests/conftest.py does not load the plugin (loading it twice is harmless).
 pytest_plugins = ["tests.kube.plugin"]
@@ -588,6 +588,329 @@ async def test_kubelet_log_follow_streams_live(k8s: Kube, kubelet: Kubelet) -> N
     assert seen[-1][1] - seen[0][1] > 0.3  # delivered as they came, not at the end
     missing = await k8s.http.get("/api/v1/namespaces/default/pods/nope/log")
     assert missing.status_code == 404
+
+
+# --- pods of several containers: init containers, native sidecars, per-container logs and uids --
+
+
+def py(code: str, *args: str, **extra: Any) -> Body:
+    """A container running `python -c code args…` (`name`, `restartPolicy`… in `extra`)."""
+    return {"image": "python", "command": ["python", "-c", code, *args], **extra}
+
+
+SHARED = [{"name": "shared", "mountPath": "/shared"}]
+APPEND = "import sys; print({0!r}); open(sys.argv[1] + '/order', 'a').write({0!r} + '\\n')"
+SIDECAR = """import os, signal, sys, time
+d = sys.argv[1]
+def term(*_):
+    open(d + '/order', 'a').write('side-term\\n')
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+open(d + '/pid.tmp', 'w').write(str(os.getpid()))
+os.replace(d + '/pid.tmp', d + '/side.pid')
+print('side up', flush=True)
+time.sleep(60)
+"""
+MAIN_SEES_SIDECAR = """import os, sys, time
+d = sys.argv[1]
+end = time.time() + 20
+while not os.path.exists(d + '/side.pid') and time.time() < end:
+    time.sleep(0.05)
+print('main sees side', os.path.exists('/proc/' + open(d + '/side.pid').read()), flush=True)
+open(d + '/order', 'a').write('main\\n')
+"""
+
+
+def container_states(status: Body) -> dict[str, Body]:
+    every = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    return {s["name"]: s["state"] for s in every}
+
+
+async def status_history(k8s: Kube, name: str, done: Any, within: float = 30.0) -> list[Body]:
+    """Every status the pod's watch shows until `done(status)`; start it before creating the pod."""
+    seen: list[Body] = []
+
+    async def collect() -> list[Body]:
+        async with k8s.http.stream("GET", "/api/v1/namespaces/default/pods", params={
+                "watch": "true", "fieldSelector": f"metadata.name={name}", "timeoutSeconds": str(int(within))},
+                timeout=within + 5) as response:
+            async for line in response.aiter_lines():
+                if line.strip():
+                    seen.append(json.loads(line)["object"].get("status") or {})
+                    if done(seen[-1]):
+                        break
+        return seen
+    return await asyncio.wait_for(collect(), within + 10)
+
+
+def test_pod_phase_identity_and_volume_modes() -> None:
+    def st(state: Body, last: Body | None = None) -> Body:
+        return pods.container_status({}, {}, state, ready=False, started=False, last_state=last)
+
+    done, failed = st(pods.terminated(0, "t0", "t1")), st(pods.terminated(3, "t0", "t1"))
+    running, initializing = st(pods.running("t0")), st(pods.waiting("PodInitializing"))
+    assert pods.pod_phase([("init", failed), ("init", initializing)], [initializing]) == "Failed"
+    assert pods.pod_phase([("init", running)], [initializing]) == "Pending"
+    assert pods.pod_phase([("init", done), ("sidecar", running)], [running]) == "Running"
+    # As the kubelet's getPhase: a running sidecar keeps the pod Running after the main containers
+    # ended; once it is stopped (or backing off after a crash) it never decides the phase.
+    assert pods.pod_phase([("sidecar", running)], [done]) == "Running"
+    assert pods.pod_phase([("sidecar", st(pods.terminated(143, "t0", "t1")))], [done]) == "Succeeded"
+    backoff = st(pods.waiting("CrashLoopBackOff"), pods.terminated(1, "t0", "t1"))
+    assert pods.pod_phase([("sidecar", backoff)], [failed]) == "Failed"
+    assert pods.pod_phase([("sidecar", st(pods.waiting("CreateContainerConfigError")))], [done]) == "Pending"
+    assert pods.pod_phase([], [done, failed]) == "Failed"
+    assert pods.pod_phase([], [done], evicted=True) == "Failed"
+    pod = {"spec": {"securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                                        "supplementalGroups": [7], "runAsNonRoot": True}}}
+    assert pods.run_as(pod, {}) == pods.RunAs(65532, 65532, (65532, 7), 65532)
+    reporter = {"securityContext": {"runAsUser": 65530, "runAsGroup": 65530}}
+    assert pods.run_as(pod, reporter) == pods.RunAs(65530, 65530, (65532, 7), 65532)
+    assert pods.run_as({}, {"securityContext": {"runAsUser": 5}}) == pods.RunAs(5, 0, (), None)
+    with pytest.raises(pods.ContainerConfigError):
+        pods.run_as(pod, {"securityContext": {"runAsUser": 0}})
+    # The kubelet's fsGroup ownership: emptyDir 0777 → 2777; a 0400 Secret file → 0440 for the group.
+    assert pods.fs_group_mode(pods.EMPTY_DIR_MODE, 65532, directory=True, read_only=False) == 0o2777
+    assert pods.fs_group_mode(0o400, 65532, directory=False, read_only=True) == 0o440
+    assert pods.fs_group_mode(0o400, None, directory=False, read_only=True) == 0o400
+    secret = {"secret": {"secretName": "s", "defaultMode": 0o400, "items": [{"key": "a", "path": "a", "mode": 0o600},
+                                                                            {"key": "b", "path": "b"}]}}
+    assert pods.volume_file_modes(secret, ["a", "b"]) == {"a": 0o600, "b": 0o400}
+    layout = {"spec": {"initContainers": [{"name": "clone"}, {"name": "relay", "restartPolicy": "Always"},
+                                          {"name": "agent"}], "containers": [{"name": "reporter"}]}}
+    plan = PodScript.canned(["result"]).with_container("agent", PodScript.oom_killed()).plan(layout)
+    assert (plan["reporter"].logs, plan["agent"].reason, plan["clone"].mode) == (("result",), "OOMKilled", "canned")
+    assert plan["relay"].running_for is None  # a canned sidecar runs until the kubelet ends it
+    assert PodScript.canned(["x"], container="agent").plan(layout)["agent"].logs == ("x",)
+    assert PodScript.image_pull_backoff().plan(layout)["clone"].mode == "image-pull-backoff"
+    with pytest.raises(ValueError, match="per-container"):
+        PodScript.run().with_container("agent", PodScript.evicted())
+
+
+async def test_kubelet_runs_init_containers_sidecar_then_main(k8s: Kube, kubelet: Kubelet) -> None:
+    body = pod_body("multi", [], volumes=[{"name": "shared", "emptyDir": {}}], initContainers=[
+        py(APPEND.format("one"), "/shared", name="one", volumeMounts=SHARED),
+        py(SIDECAR, "/shared", name="side", restartPolicy="Always", volumeMounts=SHARED),
+        py(APPEND.format("two"), "/shared", name="two", volumeMounts=SHARED)])
+    body["spec"]["containers"] = [py(MAIN_SEES_SIDECAR, "/shared", name="main", volumeMounts=SHARED)]
+    watching = asyncio.create_task(status_history(
+        k8s, "multi", lambda s: "terminated" in container_states(s).get("side", {})))
+    await asyncio.sleep(0.2)
+    await k8s.create(PODS, body)
+    history = [status for status in await watching if "initContainerStatuses" in status]
+    final = history[-1]
+    assert final["phase"] == "Succeeded"
+    assert [s["name"] for s in final["initContainerStatuses"]] == ["one", "side", "two"]
+    states = container_states(final)
+    assert states["one"]["terminated"]["reason"] == states["two"]["terminated"]["reason"] == "Completed"
+    assert states["main"]["terminated"]["exitCode"] == 0 and states["side"]["terminated"]["exitCode"] == 0
+    # In order: `one` ran while nothing else did; the sidecar was up before `two` and while `main` ran.
+    one_running = next(s for s in history if "running" in container_states(s)["one"])
+    assert one_running["phase"] == "Pending" and {
+        name: next(iter(state)) for name, state in container_states(one_running).items()} == {
+        "one": "running", "side": "waiting", "two": "waiting", "main": "waiting"}
+    assert container_states(one_running)["main"]["waiting"]["reason"] == "PodInitializing"
+    two_started = next(s for s in history if "waiting" not in container_states(s)["two"])
+    assert "running" in container_states(two_started)["side"]
+    main_running = next(s for s in history if "running" in container_states(s)["main"])
+    assert main_running["phase"] == "Running" and "running" in container_states(main_running)["side"]
+    main_ended = next(s for s in history if "terminated" in container_states(s)["main"])
+    assert main_ended["phase"] == "Running" and "running" in container_states(main_ended)["side"]
+    # The sidecar got its SIGTERM only after the main container had ended.
+    order = await asyncio.to_thread(pathlib.Path(kubelet.process_argv("multi", container="main")[-1],
+                                                 "order").read_text)
+    assert order == "one\ntwo\nmain\nside-term\n"
+    # One log per container; without ?container= the only main container's.
+    async def log_of(container: str | None) -> str:
+        params = {"container": container} if container else {}
+        response = await k8s.http.get("/api/v1/namespaces/default/pods/multi/log", params=params)
+        assert response.status_code == 200, response.text
+        return response.text
+    assert [await log_of(c) for c in ("one", "side", "two")] == ["one\n", "side up\n", "two\n"]
+    assert await log_of("main") == await log_of(None) == "main sees side True\n"
+    side = kubelet.log("multi", container="side")
+    assert side is not None and side.done and side.lines == ["side up"]
+    bad = await k8s.http.get("/api/v1/namespaces/default/pods/multi/log", params={"container": "nope"})
+    assert bad.status_code == 400 and "is not valid" in bad.text
+
+
+async def test_kubelet_failed_init_container_fails_the_pod(k8s: Kube, kubelet: Kubelet) -> None:
+    body = pod_body("broken", [], volumes=[{"name": "shared", "emptyDir": {}}], initContainers=[
+        py("import time; print('up', flush=True); time.sleep(60)", name="side", restartPolicy="Always"),
+        py("import sys; print('bad'); sys.exit(3)", name="bad"),
+        py(APPEND.format("never"), "/shared", name="never", volumeMounts=SHARED)])
+    body["spec"]["containers"] = [py(APPEND.format("main"), "/shared", name="main", volumeMounts=SHARED)]
+    await k8s.create(PODS, body)
+    pod = await wait_for(lambda: _with_terminated(k8s, "broken", "side"), 15, message="the sidecar ended")
+    status = pod["status"]
+    states = container_states(status)
+    assert status["phase"] == "Failed"
+    assert (states["bad"]["terminated"]["exitCode"], states["bad"]["terminated"]["reason"]) == (3, "Error")
+    assert states["never"]["waiting"]["reason"] == states["main"]["waiting"]["reason"] == "PodInitializing"
+    assert states["side"]["terminated"]["exitCode"] == 143  # SIGTERM, no handler
+    initialized = next(c for c in status["conditions"] if c["type"] == "Initialized")
+    assert (initialized["status"], initialized["reason"]) == ("False", "ContainersNotInitialized")
+    assert "bad" in initialized["message"]
+    main_log = await k8s.http.get("/api/v1/namespaces/default/pods/broken/log")
+    assert main_log.status_code == 400 and "waiting to start: PodInitializing" in main_log.text
+    bad = await k8s.http.get("/api/v1/namespaces/default/pods/broken/log", params={"container": "bad"})
+    assert bad.text == "bad\n"
+    assert kubelet.process_argv("broken", container="main") == []  # never started
+    never = kubelet.log("broken", container="never")
+    assert never is not None and never.lines == []
+
+
+async def _with_terminated(k8s: Kube, name: str, container: str) -> Body | None:
+    pod = await k8s.find(PODS, name)
+    return pod if pod and "terminated" in container_states(pod.get("status") or {}).get(container, {}) else None
+
+
+def layout_pod(name: str) -> Body:
+    """The sandbox's shape (clone → relay sidecar → agent → reporter), commands that must not run."""
+    body = pod_body(name, ["never-run"], initContainers=[
+        {"name": "clone", "image": "x", "command": ["never-run"]},
+        {"name": "relay", "image": "x", "command": ["never-run"], "restartPolicy": "Always"},
+        {"name": "agent", "image": "x", "command": ["never-run"]}])
+    body["spec"]["containers"][0]["name"] = "reporter"
+    return body
+
+
+async def test_kubelet_per_container_canned_outcomes(k8s: Kube, kubelet: Kubelet) -> None:
+    kubelet.script("ok", PodScript.canned(["result"]))
+    kubelet.script("oom", PodScript.canned(["result"]).with_container("agent", PodScript.oom_killed(["boom"])))
+    kubelet.script("only-agent", PodScript.canned(["agent says"], container="agent"))
+    kubelet.script("mixed", PodScript.run(containers={"relay": PodScript.hang(["relay up"]),
+                                                      "agent": PodScript.canned(["agent says"])}))
+    mixed = layout_pod("mixed")
+    mixed["spec"]["initContainers"][0]["command"] = ["python", "-c", "print('cloned')"]
+    mixed["spec"]["containers"][0]["command"] = ["python", "-c", "print('reported')"]
+    for body in (layout_pod("ok"), layout_pod("oom"), layout_pod("only-agent"), mixed):
+        await k8s.create(PODS, body)
+
+    async def log(pod: str, container: str | None = None) -> tuple[int, str]:
+        response = await k8s.http.get(f"/api/v1/namespaces/default/pods/{pod}/log",
+                                      params={"container": container} if container else {})
+        return response.status_code, response.text
+
+    ok = await wait_for(lambda: _with_terminated(k8s, "ok", "relay"), 15, message="ok ended")
+    states = container_states(ok["status"])
+    assert ok["status"]["phase"] == "Succeeded" and states["reporter"]["terminated"]["reason"] == "Completed"
+    assert all("terminated" in state for state in states.values())
+    assert await log("ok") == (200, "result\n") and await log("ok", "agent") == (200, "")
+    oom = await wait_for(lambda: _with_terminated(k8s, "oom", "relay"), 15, message="oom ended")
+    states = container_states(oom["status"])
+    assert oom["status"]["phase"] == "Failed"
+    assert (states["agent"]["terminated"]["reason"], states["agent"]["terminated"]["exitCode"]) == ("OOMKilled", 137)
+    assert states["reporter"]["waiting"]["reason"] == "PodInitializing"
+    assert await log("oom", "agent") == (200, "boom\n") and (await log("oom"))[0] == 400
+    only = await pod_phase(k8s, "only-agent", "Succeeded")
+    assert await log("only-agent", "agent") == (200, "agent says\n") and await log("only-agent") == (200, "")
+    assert only["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    await wait_for(lambda: _with_terminated(k8s, "mixed", "relay"), 15, message="mixed ended")
+    assert [await log("mixed", c) for c in ("clone", "relay", "agent", "reporter")] == [
+        (200, "cloned\n"), (200, "relay up\n"), (200, "agent says\n"), (200, "reported\n")]
+    two = pod_body("two-mains", ["x"])
+    two["spec"]["containers"].append({"name": "second", "image": "x", "command": ["x"]})
+    kubelet.script("two-mains", PodScript.canned(["first"]))
+    await k8s.create(PODS, two)
+    await pod_phase(k8s, "two-mains", "Succeeded")
+    status, text = await log("two-mains")
+    assert status == 400 and "a container name must be specified" in text and "[main second]" in text
+    assert await log("two-mains", "main") == (200, "first\n")
+
+
+async def test_kubelet_restarts_a_sidecar_that_exits(k8s: Kube, kubelet: Kubelet) -> None:
+    kubelet.restart_backoff = 0.1
+    body = pod_body("flappy", ["python", "-c", "import time; time.sleep(1.5)"],
+                    initContainers=[py("print('tick')", name="side", restartPolicy="Always")])
+    await k8s.create(PODS, body)
+
+    async def ended() -> Body | None:
+        pod = await _with_terminated(k8s, "flappy", "side")
+        return pod if pod and pod["status"]["phase"] == "Succeeded" else None
+
+    pod = await wait_for(ended, 15, message="flappy ended")
+    side = pod["status"]["initContainerStatuses"][0]
+    assert side["restartCount"] >= 1 and side["state"]["terminated"]["exitCode"] == 0
+    assert side["lastState"]["terminated"]["exitCode"] == 0
+    previous = await k8s.http.get("/api/v1/namespaces/default/pods/flappy/log",
+                                  params={"container": "side", "previous": "true"})
+    assert previous.status_code == 200 and previous.text == "tick\n"
+
+
+PRELUDE = """import errno, os, sys, time
+d = sys.argv[1]
+def wait(path):
+    end = time.time() + 20
+    while not os.path.exists(path) and time.time() < end:
+        time.sleep(0.05)
+def attempt(label, action):
+    try:
+        action()
+        print(label, 'ok', flush=True)
+    except OSError as e:
+        print(label, type(e).__name__, errno.errorcode.get(e.errno), flush=True)
+def publish(name, data, mode):
+    fd = os.open(d + '/' + name + '.tmp', os.O_WRONLY | os.O_CREAT, mode)
+    os.write(fd, data.encode())
+    os.close(fd)
+    os.replace(d + '/' + name + '.tmp', d + '/' + name)
+print('id', os.getuid(), os.getgid(), sorted(os.getgroups()), flush=True)
+"""
+HOLDER = PRELUDE + """key = sys.argv[2]
+st = os.stat(key)
+print('key', oct(st.st_mode & 0o7777), st.st_gid, open(key).read(), flush=True)
+publish('key.path', key, 0o640)
+publish('holder.pid', str(os.getpid()), 0o640)
+time.sleep(60)
+"""
+AGENT = PRELUDE + """wait(d + '/holder.pid')
+pid = open(d + '/holder.pid').read()
+attempt('environ', lambda: open('/proc/' + pid + '/environ', 'rb').read())
+attempt('stdout', lambda: open('/proc/' + pid + '/fd/1', 'w').write('forged\\n'))
+attempt('secret', lambda: open(open(d + '/key.path').read()).read())
+publish('agent.txt', 'agent-wrote', 0o640)
+"""
+READER = PRELUDE + """wait(d + '/agent.txt')
+pid = open(d + '/holder.pid').read()
+st = os.stat(d + '/agent.txt')
+print('shared', oct(os.stat(d).st_mode & 0o7777), oct(st.st_mode & 0o777), st.st_gid, open(d + '/agent.txt').read())
+attempt('environ', lambda: open('/proc/' + pid + '/environ', 'rb').read())
+attempt('write', lambda: open(d + '/x', 'w'))
+"""
+
+
+async def test_kubelet_separate_uids_isolate_sibling_containers(k8s: Kube, kubelet: Kubelet) -> None:
+    if not kubelet.separate_uids:
+        pytest.skip(f"containers cannot run as their own uids here: {kubelet.separate_uids_reason}")
+    await k8s.create(SECRETS, {"metadata": {"name": "key"}, "stringData": {"token": "s3cr3t"}})
+
+    def uid(n: int) -> Body:
+        return {"securityContext": {"runAsUser": n, "runAsGroup": n}}
+
+    body = pod_body("uids", [], securityContext={"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                                  "fsGroup": 65532},
+                    volumes=[{"name": "shared", "emptyDir": {}},
+                             {"name": "key", "secret": {"secretName": "key", "defaultMode": 0o400}}])
+    body["spec"]["initContainers"] = [py(
+        HOLDER, "/shared", "/var/run/key/token", name="holder", restartPolicy="Always", **uid(65533),
+        env=[{"name": "HOLDER_SECRET", "value": "env-s3cr3t"}],
+        volumeMounts=[*SHARED, {"name": "key", "mountPath": "/var/run/key", "readOnly": True}])]
+    body["spec"]["containers"] = [
+        py(AGENT, "/shared", name="agent", volumeMounts=SHARED),
+        py(READER, "/shared", name="reader", **uid(65530),
+           volumeMounts=[{"name": "shared", "mountPath": "/shared", "readOnly": True}])]
+    await k8s.create(PODS, body)
+    pod = await wait_for(lambda: _with_terminated(k8s, "uids", "holder"), 30, message="the pod ended")
+    logs = {c: (kubelet.log("uids", container=c) or PodLog()).lines for c in ("holder", "agent", "reader")}
+    assert pod["status"]["phase"] == "Succeeded", logs
+    # The Secret file: defaultMode 0400 plus the fsGroup's read; only the container mounting it sees it.
+    assert logs["holder"] == ["id 65533 65533 [65532]", "key 0o440 65532 s3cr3t"]
+    assert logs["agent"] == ["id 65532 65532 [65532]", "environ PermissionError EACCES",
+                             "stdout PermissionError EACCES", "secret FileNotFoundError ENOENT"]
+    # fsGroup: the agent's 0640 file is readable by the reader's uid; its read-only mount refuses writes.
+    assert logs["reader"] == ["id 65530 65530 [65532]", "shared 0o2777 0o640 65532 agent-wrote",
+                              "environ PermissionError EACCES", "write OSError EROFS"]
 
 
 # --- kopf in a thread, through the whole layer ------------------------------------------------

@@ -344,6 +344,34 @@ def test_values_reach_the_operator(chart: Renderer) -> None:
     assert env["BUILDSTUDIO_MAX_RUNNING_PER_MODEL"] == "1"
 
 
+def test_egress_and_locks_reach_the_operator_settings(chart: Renderer) -> None:
+    """The chart's egress and sandbox.locks blocks, as the operator's settings read them."""
+    from buildstudio.core.settings import from_env
+
+    docs = chart.render(
+        {
+            "egress.nodeCIDRs": "{10.0.0.0/16}",
+            "egress.allowNamespaces": "{git}",
+            "egress.modelServices[0].namespace": "models",
+            "egress.modelServices[0].podSelector.app": "ollama",
+            "egress.modelServices[0].port": "11434",
+            "sandbox.runtimeClassName": "gvisor",
+            "sandbox.locks.image": "allow",
+            "sandbox.locks.maxResources.cpu": "2",
+        }
+    )
+    container = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = from_env(env)
+    assert settings.egress.git_ports == (443, 22) and settings.egress.node_cidrs == ("10.0.0.0/16",)
+    assert settings.egress.allow_namespaces == ("git",)
+    (peer,) = settings.egress.model_peers
+    assert (peer.namespace, dict(peer.pod_labels), peer.port) == ("models", {"app": "ollama"}, 11434)
+    assert settings.sandbox.runtime_class_name == "gvisor"
+    assert (settings.locks.runtime_class_name, settings.locks.image) == ("auto", "allow")
+    assert settings.locks.max_resources["cpu"] == "2" and settings.locks.max_resources["memory"] == "16Gi"
+
+
 def test_digests_pin_both_images(chart: Renderer) -> None:
     digest = "sha256:" + "0123456789abcdef" * 4
     docs = chart.render({"image.digest": digest, "image.tag": "ignored", "sandbox.image.digest": digest})
@@ -528,6 +556,9 @@ BAD_VALUES = [
     ({"metrics.port": "70000"}, "/metrics/port"),
     ({"imagTag": "typo"}, "imagTag"),
     ({"sandbox.image.digest": "sha256:abc"}, "/sandbox/image/digest"),
+    ({"egress.gitPorts": "{70000}"}, "/egress/gitPorts/0"),
+    ({"egress.nodeCIDRs": "{nodes}"}, "/egress/nodeCIDRs/0"),
+    ({"sandbox.locks.runtimeClassName": "maybe"}, "/sandbox/locks/runtimeClassName"),
 ]
 
 
@@ -1025,7 +1056,8 @@ async def test_runner_works_with_the_sandbox_filesystem_layout(sandbox_fs: Sandb
     async with ScriptedServer(script) as server:
         spec = {
             "prompt": "Write hello.txt.",
-            "repo": {"url": str(sandbox_fs.root / "remote"), "ref": "main"},
+            # A local path stands in for the remote here (as in local mode).
+            "repo": {"url": str(sandbox_fs.root / "remote"), "ref": "main", "localPaths": True},
             "model": "qwen3-coder",
             "baseUrl": server.base_url,
             "timeouts": {"runSeconds": 90, "idleSeconds": 60},

@@ -72,7 +72,11 @@ async def test_tool_calls_write_and_edit_in_a_cloned_repo(tmp_path: Path) -> Non
     async with ScriptedServer(script) as srv:
         run = await run_runner(
             tmp_path,
-            spec(srv.base_url, "Add hello.py and sub().", repo={"url": str(tmp_path / "src"), "ref": "feature"}),
+            spec(
+                srv.base_url,
+                "Add hello.py and sub().",
+                repo={"url": str(tmp_path / "src"), "ref": "feature", "localPaths": True},
+            ),
             ws=tmp_path / "ws",
         )
     res = run.result

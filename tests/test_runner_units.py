@@ -229,9 +229,10 @@ def test_workspace_clone_at_ref_and_in_place(tmp_path: Path) -> None:
     actor = git.Actor("t", "t@t")
     second = src.index.commit("second", author=actor, committer=actor).hexsha
     src.git.checkout(first)
-    assert workspace.prepare(tmp_path / "ws1", RepoSource(url=str(tmp_path / "src"), ref="feature")) == second
+    url = str(tmp_path / "src")
+    assert workspace.prepare(tmp_path / "ws1", RepoSource(url=url, ref="feature", local_paths=True)) == second
     assert (tmp_path / "ws1" / "a.txt").read_text() == "two\n"
-    assert workspace.prepare(tmp_path / "ws2", RepoSource(url=str(tmp_path / "src"), ref=first)) == first
+    assert workspace.prepare(tmp_path / "ws2", RepoSource(url=url, ref=first, local_paths=True)) == first
     assert workspace.prepare(tmp_path / "ws2", None) == first  # in place
 
 
@@ -300,15 +301,15 @@ def test_workspace_errors_are_clear(tmp_path: Path, case: str) -> None:
     elif case == "no-commit":
         git.Repo.init(ws)
     elif case == "bad-url":
-        repo = RepoSource(url=str(tmp_path / "nope"))
+        repo = RepoSource(url=str(tmp_path / "nope"), local_paths=True)
     elif case == "bad-ref":
         _repo(tmp_path / "src")
-        repo = RepoSource(url=str(tmp_path / "src"), ref="no-such-branch")
+        repo = RepoSource(url=str(tmp_path / "src"), ref="no-such-branch", local_paths=True)
     elif case == "not-empty":
         _repo(tmp_path / "src")
         ws.mkdir()
         (ws / "x").write_text("x")
-        repo = RepoSource(url=str(tmp_path / "src"))
+        repo = RepoSource(url=str(tmp_path / "src"), local_paths=True)
     with pytest.raises(workspace.WorkspaceError) as e:
         workspace.prepare(ws, repo)
     assert str(ws) in str(e.value) or "clone" in str(e.value)
@@ -454,13 +455,14 @@ def test_private_repo_token_reaches_git_config_only_through_the_environment() ->
 
     from buildstudio.runner.workspace import credential_env
 
-    assert credential_env("file:///srv/repo", {"BUILDSTUDIO_GIT_TOKEN": "s3cr3t"}) == {}
-    assert credential_env("https://git.example/r.git", {}) == {}
-    env = credential_env("https://git.example/r.git", {"BUILDSTUDIO_GIT_TOKEN": "s3cr3t"})
+    assert credential_env("file:///srv/repo", "s3cr3t") == {}
+    assert credential_env("git@git.example:r.git", "s3cr3t") == {}
+    assert credential_env("https://git.example/r.git", "") == {}
+    env = credential_env("https://u@git.example:8443/r.git", "s3cr3t")
     header = env["GIT_CONFIG_VALUE_0"]
     assert b64.b64decode(header.removeprefix("Authorization: Basic ")) == b"x-access-token:s3cr3t"
     seen = sp.run(
-        ["git", "config", "--get", "http.extraHeader"],
+        ["git", "config", "--get-urlmatch", "http.extraHeader", "https://git.example:8443/r.git"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -468,9 +470,16 @@ def test_private_repo_token_reaches_git_config_only_through_the_environment() ->
         check=True,
     ).stdout.strip()
     assert seen == header  # git reads it from GIT_CONFIG_*: never on argv, in the URL or in .git/config
-    gitlab = credential_env(
-        "https://gl.example/r.git", {"BUILDSTUDIO_GIT_TOKEN": "t", "BUILDSTUDIO_GIT_USERNAME": "oauth2"}
+    elsewhere = sp.run(
+        ["git", "config", "--get-urlmatch", "http.extraHeader", "https://other.example/r.git"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
+    assert elsewhere.stdout == ""  # scoped to the remote's origin: another host never gets it
+    gitlab = credential_env("https://gl.example/r.git", "t", "oauth2")
     assert b64.b64decode(gitlab["GIT_CONFIG_VALUE_0"].split()[-1]) == b"oauth2:t"
 
 
@@ -518,7 +527,7 @@ def test_clone_gives_up_after_its_retries_and_says_so(tmp_path: Path) -> None:
 
 def test_clone_does_not_retry_a_refusal(tmp_path: Path) -> None:
     _repo(tmp_path / "src")
-    repo = RepoSource(url=str(tmp_path / "src"), ref="no-such-branch")
+    repo = RepoSource(url=str(tmp_path / "src"), ref="no-such-branch", local_paths=True)
     with pytest.raises(workspace.WorkspaceError) as e:
         workspace.clone(tmp_path / "ws", repo, delays=(60.0,))  # a retry would hang the test
     assert "tries" not in str(e.value) and "no-such-branch" in str(e.value)

@@ -202,8 +202,9 @@ def test_judge_table(
 
 def test_every_outcome_reachable_from_a_stream_is_covered() -> None:
     covered = {c[6] for c in CASES}
-    # WorkspaceError is decided by the runner before opencode runs; never from a stream.
-    assert covered == set(Outcome) - {Outcome.WORKSPACE_ERROR}
+    # WorkspaceError is decided by the runner before opencode runs, DiffCaptureFailed by the
+    # reporter after it; never from a stream.
+    assert covered == set(Outcome) - {Outcome.WORKSPACE_ERROR, Outcome.DIFF_CAPTURE_FAILED}
 
 
 # Each captured stream → what the run should be judged, given the exit code it had and the

@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel
 
+from buildstudio.lines import DEFAULT_MAX_LINE_BYTES
+from buildstudio.lines import LineSplitter as LineSplitter  # re-exported
 from buildstudio.records import SCHEMA_VERSION, EventRecord, RunSummary, TokenUsage
 
 _raw_decode = json.JSONDecoder().raw_decode
@@ -46,7 +48,7 @@ try:  # orjson parses ≈ 2-3x faster still; optional so the runner image may le
 except ImportError:  # pragma: no cover - depends on the environment
     loads = loads_stdlib
 
-MAX_LINE_BYTES = 1 << 20
+MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES
 MAX_FILES = 200
 MAX_ERRORS = 20
 MAX_ERROR_CHARS = 400
@@ -61,60 +63,6 @@ _FILE_TOOLS = frozenset({"write", "edit"})
 
 
 # --------------------------------------------------------------------------- lines
-
-
-class LineSplitter:
-    """Incremental newline splitter for bytes arriving in arbitrary chunks.
-
-    A line longer than `max_line_bytes` is dropped and counted in `overlong`; its bytes are
-    never accumulated beyond the cap (a 50 MB line costs at most one chunk of memory).
-    """
-
-    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
-        self.max_line_bytes = max_line_bytes
-        self.overlong = 0
-        self._buf = bytearray()
-        self._discarding = False  # inside an over-long line: skip to the next newline
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        if not chunk:
-            return []
-        lines = chunk.split(b"\n")
-        tail = lines.pop()  # bytes after the last newline (maybe empty)
-        limit = self.max_line_bytes
-        if lines:
-            head = lines[0]
-            if self._discarding:
-                self._discarding = False
-                del lines[0]
-            elif self._buf:
-                if len(self._buf) + len(head) > limit:
-                    self.overlong += 1
-                    del lines[0]
-                else:
-                    self._buf += head
-                    lines[0] = bytes(self._buf)
-                self._buf.clear()
-            # Fast path: one C-level pass proves every line short (the usual case).
-            if lines and max(map(len, lines)) > limit:
-                kept = [line for line in lines if len(line) <= limit]
-                self.overlong += len(lines) - len(kept)
-                lines = kept
-        if tail and not self._discarding:
-            if len(self._buf) + len(tail) > limit:
-                self.overlong += 1
-                self._buf.clear()
-                self._discarding = True
-            else:
-                self._buf += tail
-        return lines
-
-    def close(self) -> list[bytes]:
-        """The last line when the stream did not end with a newline."""
-        rest = bytes(self._buf)
-        self._buf.clear()
-        self._discarding = False
-        return [rest] if rest else []
 
 
 def iter_lines(
@@ -369,13 +317,19 @@ class StreamFolder:
         decode = loads  # looked up per call: tests and the benchmark swap the decoder
         handlers = _HANDLERS
         count = 0  # events folded here, added to self.events once (a local is cheaper)
+        limit = self._splitter.max_line_bytes  # also for lines given whole to feed() / fold_lines
         try:
             for line in lines:
                 if not line or line.isspace():
                     continue
+                if len(line) > limit:
+                    self.malformed += 1
+                    continue
                 try:
                     event = decode(line)
-                except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
+                # JSONDecodeError and UnicodeDecodeError are ValueErrors; json nests by recursion
+                # (RecursionError), orjson has a depth limit (a ValueError); TypeError: not text.
+                except (ValueError, RecursionError, TypeError):
                     self.malformed += 1
                     continue
                 if not isinstance(event, dict):

@@ -6,6 +6,10 @@ itself. Nothing of the user's repository state changes: the working tree is stag
 a *copy* of the index, and the blobs that staging writes go into a temporary object
 directory (the real one is only read, as an alternate).
 
+`capture_from_base` is the trusted form (the sandbox's reporter): it never reads the
+workspace's `.git` (config, hooks, index, objects are the agent's), but copies the work tree
+without any `.git` entry and diffs the copy with the base repository the clone wrote.
+
 `git diff` output is streamed: it goes through a gzip compressor and a sha256 in
 chunks, and only a bounded excerpt is kept in memory, so a 50 MB patch costs about the
 size of the compressed cap. Blocking (subprocesses): call it from asyncio through
@@ -15,15 +19,20 @@ size of the compressed cap. Blocking (subprocesses): call it from asyncio throug
 from __future__ import annotations
 
 import base64
+import contextlib
+import enum
 import hashlib
 import os
+import re
 import shutil
+import stat
 import struct
+import subprocess
 import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +86,10 @@ class DiffResult:
     excerpt_truncated: bool
     bytes: int  # size of the whole `git diff` output
     patch: Patch  # gzip+base64 of the whole patch (a prefix when `patch.truncated`)
+    # capture_from_base only: `.git` entries below the top that were skipped (their repositories'
+    # files are in the diff as ordinary files), and special files (FIFOs, sockets, devices) left out.
+    nested_repos: tuple[str, ...] = ()
+    special_files: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -276,19 +289,25 @@ def _stream_diff(repo: git.Repo, base_commit: str, env: Mapping[str, str], sink:
         stdout_as_string=False,
     )
     popen = proc.proc
+    code, stderr = _pump(popen, sink, deadline, lambda: bytes(popen.stderr.read(64 * 1024)))
+    if code != 0:
+        raise GitDiffError(f"git diff exited {code}: {stderr.decode(errors='replace')[:500]}")
+
+
+def _pump(popen: Any, sink: PatchSink, deadline: float, read_stderr: Callable[[], bytes]) -> tuple[int, bytes]:
+    """Stream a process's stdout into `sink`; (exit code, what `read_stderr` read)."""
     timer = threading.Timer(_remaining(deadline), popen.kill)  # bound the wait on a stuck git
     timer.start()
     try:
         while chunk := popen.stdout.read(READ_CHUNK):
             sink.write(chunk)
-        stderr = popen.stderr.read(64 * 1024)
-        code = popen.wait()
+        stderr = read_stderr()
+        code = int(popen.wait())
     finally:
         timer.cancel()
     if time.monotonic() >= deadline:
         raise GitDiffError("git diff capture timed out")
-    if code != 0:
-        raise GitDiffError(f"git diff exited {code}: {stderr.decode(errors='replace')[:500]}")
+    return code, stderr
 
 
 def capture(
@@ -322,3 +341,287 @@ def capture(
     return DiffResult(
         stat=parse_numstat(numstat), excerpt=excerpt, excerpt_truncated=cut, bytes=sink.total, patch=patch
     )
+
+
+# --------------------------------------------------------------------------- trusted capture
+
+MAX_COPY_BYTES = 4 * 1024**3
+COPY_CHUNK = 1 << 20
+# The base commit comes from the trusted clone: a full object name, never a rev expression.
+_OBJECT_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# Nothing the repository's own config could name runs, and no cache of the agent's is consulted.
+TRUSTED_OPTS = (
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.untrackedCache=false",
+)
+
+
+class Entry(enum.Enum):
+    GIT = "git"  # a `.git` file, directory or link: the agent's repository metadata
+    DIR = "dir"
+    FILE = "file"
+    LINK = "link"
+    SPECIAL = "special"  # FIFO, socket, device: never opened
+
+
+def classify(name: str, mode: int) -> Entry:
+    """What the copy does with a directory entry, from its name and lstat mode."""
+    if name.lower() == ".git":  # any case: `.GIT` is `.git` on case-insensitive file systems
+        return Entry.GIT
+    if stat.S_ISDIR(mode):
+        return Entry.DIR
+    if stat.S_ISREG(mode):
+        return Entry.FILE
+    if stat.S_ISLNK(mode):
+        return Entry.LINK
+    return Entry.SPECIAL
+
+
+def parse_check_ignore(out: bytes) -> set[str]:
+    """Paths `git check-ignore -z -v -n` reports as ignored (a `!` pattern re-includes)."""
+    fields = out.split(b"\0")
+    ignored: set[str] = set()
+    for i in range(0, len(fields) - 3, 4):
+        pattern, path = fields[i + 2], fields[i + 3]
+        if pattern and not pattern.startswith(b"!"):
+            ignored.add(os.fsdecode(path[2:] if path.startswith(b"./") else path))
+    return ignored
+
+
+@dataclass(frozen=True)
+class TreeCopy:
+    bytes: int  # file contents and link targets copied
+    nested_repos: tuple[str, ...]
+    special_files: tuple[str, ...]
+
+
+def copy_tree(
+    src: Path,
+    dst: Path,
+    *,
+    max_bytes: int,
+    deadline: float,
+    prune: Callable[[list[str]], Collection[str]] = lambda dirs: (),
+) -> TreeCopy:
+    """Copy `src` into the empty directory `dst`: no `.git` entry at any depth, links as links.
+
+    Never follows a symlink and never opens a special file. Breadth-first, one level at a time:
+    `prune` gets the level's new sub-directories (relative posix paths, already created empty in
+    `dst`, with every `.gitignore` above them copied) and returns those not to descend into.
+    Raises GitDiffError past `max_bytes`, past the deadline, or when something cannot be read.
+    """
+    copied = 0
+    nested: list[str] = []
+    special: list[str] = []
+    dst.mkdir(exist_ok=True)
+    level = [""]
+    while level:
+        subdirs: list[str] = []
+        for rel in level:
+            here = src / rel
+            try:
+                with os.scandir(here) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                raise GitDiffError(f"cannot list {_shown(rel or '.')} in the workspace: {exc.strerror}") from exc
+            for entry in entries:
+                _remaining(deadline)
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                target = dst / path
+                try:
+                    kind = classify(entry.name, entry.stat(follow_symlinks=False).st_mode)
+                    if kind is Entry.GIT:
+                        if rel:
+                            nested.append(_shown(path))
+                    elif kind is Entry.DIR:
+                        target.mkdir()
+                        subdirs.append(path)
+                    elif kind is Entry.LINK:
+                        link = os.readlink(entry.path)  # noqa: PTH115 - Path.readlink would normalise it
+                        copied += len(os.fsencode(link))
+                        if copied > max_bytes:
+                            raise GitDiffError(_too_big(max_bytes, path))
+                        target.symlink_to(link)
+                    elif kind is Entry.FILE:
+                        copied = _copy_file(entry.path, target, path, copied, max_bytes, deadline)
+                    else:
+                        special.append(_shown(path))
+                except OSError as exc:
+                    raise GitDiffError(f"cannot copy {_shown(path)} from the workspace: {exc.strerror}") from exc
+        if subdirs:
+            skip = set(prune(subdirs))
+            if skip:
+                for path in skip:
+                    (dst / path).rmdir()
+                subdirs = [d for d in subdirs if d not in skip]
+        level = subdirs
+    return TreeCopy(copied, tuple(nested), tuple(special))
+
+
+def _shown(path: str) -> str:
+    """A path for messages and records: a name that is not UTF-8 must not break JSON output."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _too_big(max_bytes: int, path: str) -> str:
+    return f"the workspace holds more than {max_bytes} bytes to diff (the limit was reached at {_shown(path)})"
+
+
+def _copy_file(src: str, dst: Path, path: str, copied: int, max_bytes: int, deadline: float) -> int:
+    """Copy one regular file (its executable bit too); the byte count after it."""
+    # O_NOFOLLOW / O_NONBLOCK: a link or FIFO swapped in after the listing is neither followed
+    # nor waited on; the fstat below refuses it.
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise GitDiffError(f"{_shown(path)} changed while the workspace was copied")
+        if copied + st.st_size > max_bytes:
+            raise GitDiffError(_too_big(max_bytes, path))
+        mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            while data := os.read(fd, COPY_CHUNK):
+                copied += len(data)
+                if copied > max_bytes:  # the file grew since its fstat
+                    raise GitDiffError(_too_big(max_bytes, path))
+                os.write(out, data)  # a regular file: writes are whole
+                _remaining(deadline)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+    return copied
+
+
+def _run(
+    argv: list[str], env: Mapping[str, str], cwd: Path, deadline: float, stdin: bytes = b"", ok: tuple[int, ...] = (0,)
+) -> bytes:
+    try:
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, env=dict(env), cwd=cwd, timeout=_remaining(deadline), check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise GitDiffError("git diff capture timed out") from exc
+    if done.returncode not in ok:
+        sub = next((a for a in argv[1:] if not a.startswith("-") and "=" not in a), "?")
+        raise GitDiffError(f"git {sub} exited {done.returncode}: {done.stderr.decode(errors='replace')[:500]}")
+    return done.stdout
+
+
+def trusted_env(scratch: Path, base_git_dir: Path) -> dict[str, str]:
+    """The environment of every git command of `capture_from_base`: no config but the base's."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(scratch),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_ATTR_NOSYSTEM": "1",
+        "GIT_INDEX_FILE": str(scratch / "index"),
+        "GIT_OBJECT_DIRECTORY": str(scratch / "objects"),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(base_git_dir / "objects"),
+        "GIT_NO_REPLACE_OBJECTS": "1",
+        "GIT_OPTIONAL_LOCKS": "0",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+
+
+def capture_from_base(
+    workspace: Path,
+    base_git_dir: Path,
+    base_commit: str,
+    scratch: Path,
+    *,
+    excerpt_bytes: int = EXCERPT_BYTES,
+    patch_cap_bytes: int = PATCH_CAP_BYTES,
+    timeout_s: float = GIT_TIMEOUT_S,
+    max_copy_bytes: int = MAX_COPY_BYTES,
+) -> DiffResult:
+    """Diff of the work tree in `workspace` against `base_commit` of the trusted `base_git_dir`.
+
+    Nothing is read from the workspace's own `.git` (nor from any nested one): the work tree is
+    copied into `scratch/tree` without them (nested repositories' files become ordinary files,
+    listed in `nested_repos`), untracked directories the repository ignores are left out, and
+    git runs on the copy with the base's config only, the index and new objects in `scratch`
+    (the base, read-only, is an alternate). Staged with `add -A`, like `capture`.
+    `timeout_s` bounds the whole capture. Raises GitDiffError with the reason otherwise.
+    """
+    deadline = time.monotonic() + timeout_s
+    if not _OBJECT_NAME.fullmatch(base_commit):
+        raise GitDiffError(f"the base commit must be a full object name, got {base_commit[:80]!r}")
+    if not workspace.is_dir():
+        raise GitDiffError(f"the workspace {workspace} is not a directory")
+    base_git_dir = base_git_dir.resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = scratch.resolve()
+    tree = scratch / "tree"
+    _clear_scratch(scratch)
+    env = trusted_env(scratch, base_git_dir)
+    git_argv = ["git", f"--git-dir={base_git_dir}", f"--work-tree={tree}", *GIT_OPTS, *TRUSTED_OPTS]
+
+    def git_run(*args: str, stdin: bytes = b"", ok: tuple[int, ...] = (0,)) -> bytes:
+        return _run([*git_argv, *args], env, tree, deadline, stdin, ok)
+
+    try:
+        (scratch / "objects").mkdir()
+        tree.mkdir()  # git's cwd from here on
+        if not git_run("rev-parse", "--verify", "--quiet", f"{base_commit}^{{commit}}", ok=(0, 1, 128)).strip():
+            raise GitDiffError(f"base commit {base_commit} is not in the base repository {base_git_dir}")
+        listing = git_run("ls-tree", "-r", "-d", "-z", "--name-only", base_commit)
+        tracked_dirs = {os.fsdecode(p) for p in listing.split(b"\0") if p}
+
+        def ignored(dirs: list[str]) -> set[str]:
+            # Untracked directories git ignores would not be staged anyway (build output such
+            # as target/ or node_modules/ must not count against the copy's bound). A tracked
+            # one is copied whole: add -A updates tracked files inside ignored directories.
+            asked = [d for d in dirs if d not in tracked_dirs]
+            if not asked:
+                return set()
+            # "./" keeps a name that starts with ':' from being read as pathspec magic.
+            query = b"".join(b"./" + os.fsencode(d) + b"\0" for d in asked)
+            out = git_run("check-ignore", "-z", "-v", "-n", "--no-index", "--stdin", stdin=query, ok=(0, 1))
+            return parse_check_ignore(out)
+
+        copy = copy_tree(workspace, tree, max_bytes=max_copy_bytes, deadline=deadline, prune=ignored)
+        git_run("read-tree", base_commit)  # tracked files stay tracked, even in ignored directories
+        git_run("add", "-A", "--", ".")
+        numstat = git_run("diff", *DIFF_OPTS, "--numstat", "-z", base_commit, "--")
+        sink = PatchSink(excerpt_bytes, patch_cap_bytes)
+        with tempfile.TemporaryFile(dir=scratch) as err:
+            popen = subprocess.Popen(
+                [*git_argv, "diff", *DIFF_OPTS, base_commit, "--"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,  # a file: a chatty git can never block on a full pipe
+                env=env,
+                cwd=tree,
+            )
+            with popen:
+                code, _ = _pump(popen, sink, deadline, lambda: b"")
+            if code != 0:
+                err.seek(0)
+                raise GitDiffError(f"git diff exited {code}: {err.read(64 * 1024).decode(errors='replace')[:500]}")
+    finally:
+        _clear_scratch(scratch)
+    patch, excerpt, cut = sink.result()
+    return DiffResult(
+        stat=parse_numstat(numstat),
+        excerpt=excerpt,
+        excerpt_truncated=cut,
+        bytes=sink.total,
+        patch=patch,
+        nested_repos=copy.nested_repos,
+        special_files=copy.special_files,
+    )
+
+
+def _clear_scratch(scratch: Path) -> None:
+    for name in ("tree", "objects"):
+        shutil.rmtree(scratch / name, ignore_errors=True)
+    for name in ("index", "index.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (scratch / name).unlink()

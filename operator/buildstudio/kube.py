@@ -31,7 +31,9 @@ import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from buildstudio.lines import OVERLONG_MARKER, LineSplitter
 from buildstudio.pins import API_GROUP, API_VERSION
+from buildstudio.records import MAX_LINE_BYTES
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -298,11 +300,16 @@ class Kube:
 
     # ------------------------------------------------------------ logs
 
-    async def read_log(self, namespace: str, pod: str, *, limit_bytes: int = 4 * 1024 * 1024) -> str:
+    async def read_log(
+        self, namespace: str, pod: str, *, limit_bytes: int = 4 * 1024 * 1024, container: str | None = None
+    ) -> str:
         path = KINDS["Pod"].path(namespace, pod, "log")
+        query: dict[str, Any] = {"limitBytes": limit_bytes}
+        if container:
+            query["container"] = container
 
         def read() -> str:
-            resp = self._send("GET", path, query={"limitBytes": limit_bytes}, accept="*/*")
+            resp = self._send("GET", path, query=query, accept="*/*")
             data = resp.read()
             text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
             if not 200 <= resp.status <= 299:
@@ -312,7 +319,9 @@ class Kube:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, read)
 
-    async def follow_log(self, namespace: str, pod: str, *, idle_timeout: float = 120.0) -> AsyncIterator[str]:
+    async def follow_log(
+        self, namespace: str, pod: str, *, idle_timeout: float = 120.0, container: str | None = None
+    ) -> AsyncIterator[str]:
         """The pod's log from its start, line by line, until the stream ends.
 
         A dedicated daemon thread reads the stream (a follow can last for the whole run);
@@ -329,23 +338,24 @@ class Kube:
 
         def pump() -> None:
             try:
-                resp = self._send(
-                    "GET", path, query={"follow": True}, accept="*/*", timeout=(self.timeout, idle_timeout)
-                )
+                query: dict[str, Any] = {"follow": True}
+                if container:
+                    query["container"] = container
+                resp = self._send("GET", path, query=query, accept="*/*", timeout=(self.timeout, idle_timeout))
                 resp_box.append(resp)
                 if not 200 <= resp.status <= 299:
                     body = resp.read()
                     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
                     put(KubeError(resp.status, str(resp.reason), text))
                     return
-                buf = b""
+                # Each byte is scanned once and a line is capped: an over-long line reaches the
+                # reader as one marker line (counted as malformed), never as unbounded memory.
+                splitter = LineSplitter(MAX_LINE_BYTES, overlong_marker=OVERLONG_MARKER)
                 for chunk in resp.response.stream(16384, decode_content=True):
-                    buf += chunk
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
+                    for line in splitter.feed(chunk):
                         put(line)
-                if buf:
-                    put(buf)
+                for line in splitter.close():
+                    put(line)
                 put(None)
             except BaseException as exc:  # handed to the loop: timeouts, resets, closed streams
                 put(exc)

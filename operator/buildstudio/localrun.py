@@ -36,6 +36,7 @@ import httpx
 import yaml
 
 from buildstudio import records
+from buildstudio.core import inputs
 from buildstudio.gate import GateDecision
 from buildstudio.runner.spec import LoopLimits, RepoSource, RunnerSpec, RunnerTimeouts, dump_spec
 from buildstudio.scripted_server import Replay, ScriptedServer, load_replay
@@ -89,18 +90,36 @@ SAMPLE_PROMPT = "Add a subtract(a, b) function to calc.py, next to add(), and a 
 
 
 def manifest_errors(manifest: dict[str, Any]) -> list[str]:
-    """What the apiserver would say of this BuildDispatch: the models' schema, then the CRD's CEL rules."""
+    """What the apiserver would say of this BuildDispatch: the models' schema, then the CRD's CEL rules.
+    Local mode takes one more thing: a local path or file:// URL as ``spec.repo.url``."""
     from pydantic import ValidationError
 
     from buildstudio.api import BuildDispatch
     from buildstudio.api.crdgen import dispatch_spec_schema
+    from buildstudio.api.dispatch import LOCAL_PATHS
     from buildstudio.validation import cel_violations
 
     try:
-        BuildDispatch.model_validate({**manifest, "kind": "BuildDispatch"})
+        BuildDispatch.model_validate({**manifest, "kind": "BuildDispatch"}, context=LOCAL_PATHS)
     except ValidationError as exc:
         return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-    return [str(v) for v in cel_violations(dispatch_spec_schema(), manifest["spec"], path="spec")]
+    url = (manifest["spec"].get("repo") or {}).get("url")
+    local_url = isinstance(url, str) and inputs.local_path(url) is not None
+    violations = cel_violations(dispatch_spec_schema(), manifest["spec"], path="spec")
+    return [str(v) for v in violations if not (local_url and v.path == "spec.repo.url")]
+
+
+def repo_problem(fields: dict[str, str]) -> str | None:
+    """Why the repo or ref of this local run must not reach git (local paths are fine here)."""
+    if "repo" in fields:
+        problem = inputs.check_repo_url(fields["repo"], local=True)
+        if problem:
+            return f"repo {fields['repo']!r}: {problem}"
+    if fields.get("ref"):
+        problem = inputs.check_ref(fields["ref"])
+        if problem:
+            return f"ref {fields['ref']!r}: {problem}"
+    return None
 
 
 def dispatch_fields(manifest: Any) -> dict[str, str]:
@@ -292,53 +311,151 @@ class Display:
             self.out.flush()
 
 
-async def run_runner(
-    spec: RunnerSpec, *, workdir: Path, workspace: Path, opencode_bin: str, display: Display
-) -> records.ResultRecord | None:
-    """Run ``python -m buildstudio.runner`` and follow its records; Ctrl-C/SIGTERM cancel it."""
+UNSHARE_PROBE_TIMEOUT = 5.0
+
+
+def isolation_prefix() -> list[str]:
+    """The agent in its own user and PID namespaces when this machine allows it: it then sees
+    none of this process (no /proc/PID/fd to write into, no environ to read). Blocking."""
+    import subprocess
+
+    # --kill-child: a SIGTERM to unshare (Ctrl-C) reaches the runner, PID 1 of the namespace.
+    argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"]
+    exe = shutil.which("unshare")
+    if exe is None:
+        return []
+    try:
+        done = subprocess.run([*argv, "true"], capture_output=True, timeout=UNSHARE_PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return argv if done.returncode == 0 else []
+
+
+async def run_agent(
+    spec: RunnerSpec, *, workdir: Path, workspace: Path, opencode_bin: str, display: Display, isolate: list[str]
+) -> int | None:
+    """Run the agent role (``python -m buildstudio.runner agent``) and show its progress.
+
+    Its stdout is its side of the story: progress and events are shown, and nothing it prints
+    decides the outcome (``roles.report_build`` does, afterwards, in this process)."""
     spec_file = workdir / "spec.json"
     spec_file.write_text(dump_spec(spec), encoding="utf-8")
-    env = {**os.environ, "OPENCODE_BIN": opencode_bin}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR") if k in os.environ}
+    env["OPENCODE_BIN"] = opencode_bin
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
+        *isolate,
         sys.executable,
         "-m",
         "buildstudio.runner",
+        "agent",
         "--spec",
         str(spec_file),
         "--workspace",
         str(workspace),
         "--home",
         str(workdir / "home"),
+        "--report",
+        str(workdir / "agent-out" / "report.json"),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env=env,
         limit=16 * 1024 * 1024,
+        start_new_session=True,
     )
+    assert proc.stderr is not None
+    relay_stderr = asyncio.ensure_future(_label_agent_stderr(proc.stderr))
     loop = asyncio.get_running_loop()
 
     def cancel() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+        # The whole group: unshare blocks SIGTERM while it waits, the runner (its child) handles it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, cancel)
-    result: records.ResultRecord | None = None
     try:
         assert proc.stdout is not None
-        async for raw in proc.stdout:
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:  # a line past the limit: skip it, keep reading
+                continue
+            if not raw:
+                break
             rec = records.parse_line(raw)
             if isinstance(rec, records.ProgressRecord):
                 display.progress(rec)
             elif isinstance(rec, records.EventRecord):
                 display.event(rec)
-            elif isinstance(rec, records.ResultRecord):
-                result = rec
-        await proc.wait()
+        code = await proc.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(relay_stderr, 5.0)
+        return code
     finally:
+        relay_stderr.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        # Whatever the agent left running in its session ends with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         display.done()
+
+
+async def _label_agent_stderr(stream: asyncio.StreamReader) -> None:
+    """The agent's stderr, each line labelled as its own (it may print anything there)."""
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:
+            continue
+        if not raw:
+            return
+        text = raw.decode("utf-8", "replace").rstrip()
+        if text:
+            print(f"  agent stderr: {text[:500]}", file=sys.stderr)
+
+
+async def run_roles(
+    spec: RunnerSpec, *, workdir: Path, workspace: Path, opencode_bin: str, display: Display
+) -> records.ResultRecord:
+    """The sandbox pod's three roles as local processes: clone here, the agent in a child
+    process (its own namespaces where possible), the report here once the agent has ended."""
+    from buildstudio.runner import roles
+
+    base = workdir / "base"
+    (workdir / "agent-out").mkdir(parents=True, exist_ok=True)
+    counters: tuple[int, int] | None = None
+    error = await asyncio.to_thread(
+        roles.clone_role, spec, ws=workspace, base=base, token=None, local_paths=True
+    )
+    if error is None:
+        isolate = await asyncio.to_thread(isolation_prefix)
+        how = "its own user+PID namespaces" if isolate else "no namespace isolation (unshare unavailable)"
+        print(f"agent: {how}", file=sys.stderr)
+        agent_spec = spec.model_copy(update={"repo": None})
+        if spec.relay:
+            from buildstudio.relay import Relay
+
+            async with Relay(spec.base_url) as relay:
+                print(f"tool-call repair relay on {relay.base_url} -> {spec.base_url}", file=sys.stderr)
+                agent_spec = agent_spec.model_copy(update={"base_url": relay.base_url, "relay": False})
+                await run_agent(agent_spec, workdir=workdir, workspace=workspace, opencode_bin=opencode_bin,
+                                display=display, isolate=isolate)
+                counters = (relay.counters.repaired, relay.counters.left_as_text)
+        else:
+            await run_agent(agent_spec, workdir=workdir, workspace=workspace, opencode_bin=opencode_bin,
+                            display=display, isolate=isolate)
+    result = await roles.report_build(
+        spec,
+        ws=workspace,
+        base=base,
+        claim_file=workdir / "agent-out" / "report.json",
+        scratch=workdir / "report",
+    )
+    if error is None and counters is not None:
+        result.summary.repaired_tool_calls, result.summary.unrepaired_tool_calls = counters
     return result
 
 
@@ -361,6 +478,10 @@ async def _run(args: argparse.Namespace) -> int:
     for key in ("prompt", "repo", "ref", "model", "engine", "phase"):
         if getattr(args, key):
             fields[key] = getattr(args, key)
+    problem = repo_problem(fields)
+    if problem:
+        _err(problem)
+        return 2
     text_phase = fields.get("phase") in ("ideate", "plan")
     if fields.get("phase") in ("review", "ship"):
         _err(f"phase {fields['phase']} works on a finished dispatch's stored patch: run it on a cluster")
@@ -464,7 +585,8 @@ async def _dispatch(
         workspace, repo = Path(args.workspace), None  # made absolute in command()
         repo_label = f"{workspace} (in place)"
     elif fields.get("repo"):
-        workspace, repo = workdir / "workspace", RepoSource(url=fields["repo"], ref=fields.get("ref", ""))
+        repo = RepoSource(url=fields["repo"], ref=fields.get("ref", ""), local_paths=True)
+        workspace = workdir / "workspace"
         repo_label = f"{fields['repo']}@{fields.get('ref') or 'default'}"
     else:
         workspace, repo = workdir / "workspace", None
@@ -483,11 +605,9 @@ async def _dispatch(
         replay=replay,
     )
     display = Display(sys.stderr)
-    result = await run_runner(spec, workdir=workdir, workspace=workspace, opencode_bin=opencode_bin, display=display)
-    shutil.rmtree(workdir / "home", ignore_errors=True)
-    if result is None:
-        _err("the runner printed no result record (see its stderr above)")
-        return 1
+    result = await run_roles(spec, workdir=workdir, workspace=workspace, opencode_bin=opencode_bin, display=display)
+    for scratch in ("home", "base", "report"):
+        shutil.rmtree(workdir / scratch, ignore_errors=True)
     meta = {
         "model": fields["model"],
         "modelService": service,
@@ -584,6 +704,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     if args.workspace:
         args.workspace = str(Path(args.workspace).resolve())
+    if args.repo and not args.repo.startswith("file://") and inputs.local_path(args.repo) is not None:
+        args.repo = str(Path(args.repo).resolve())  # `--repo .`: wherever the clone runs
     if args.context is None:
         args.context = DEFAULT_CONTEXT if args.model_server else None
     try:

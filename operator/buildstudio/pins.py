@@ -15,6 +15,9 @@ OPENCODE_LINUX_BUILD = "linux-x64-baseline"
 OPENCODE_LINUX_TARBALL_SHA256 = "76f56feba203ed24ff855129de316959847b7af0a7095011d2d5145f6988c940"
 KOPF_VERSION = "1.45.2"
 KUBERNETES_CLIENT_VERSION = "37.0.2"
+# The real control plane of tests/controlplane/, built from the Go module proxy by hack/build-control-plane.sh.
+KUBE_CONTROL_PLANE_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.16"
 
 API_GROUP = "buildstudio.dpf.dev"
 API_VERSION = "v1alpha1"

@@ -19,6 +19,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SCHEMA_VERSION = 1
+# Longest protocol line a reader accepts: a result record with its whole patch (base64 of at
+# most the compressed cap) and excerpt fits with room to spare.
+MAX_LINE_BYTES = 4 * 1024 * 1024
 
 
 class _Record(BaseModel):
@@ -41,6 +44,7 @@ class Outcome(enum.StrEnum):
     CANCELLED = "Cancelled"
     WORKSPACE_ERROR = "WorkspaceError"  # clone failed / not a git repo
     RUNNER_ERROR = "RunnerError"  # bug or unexpected failure in the runner itself
+    DIFF_CAPTURE_FAILED = "DiffCaptureFailed"  # the work could not be diffed: a failure, never NoChanges
 
     @property
     def succeeded(self) -> bool:
@@ -151,6 +155,8 @@ class ResultRecord(_Record):
     replay: bool = False  # true when the model's words were canned (replay model server)
     phase: str = "build"  # ideate | plan | build | review
     review: ReviewRecord | None = None  # review phase only
+    # The outcome the agent's side claimed (informative; the reporter decided ``outcome``).
+    agent_claim: str = Field("", alias="agentClaim")
 
 
 Record = Annotated[ProgressRecord | EventRecord | ResultRecord, Field(discriminator="kind")]
@@ -163,14 +169,22 @@ def dump(record: ProgressRecord | EventRecord | ResultRecord) -> str:
 
 
 def parse_line(line: str | bytes) -> ProgressRecord | EventRecord | ResultRecord | None:
-    """Parse one protocol line; None for anything that is not a record of ours."""
+    """Parse one protocol line; None for anything that is not a record of ours.
+
+    Never raises on bad input: a line over MAX_LINE_BYTES (characters, for a str) is refused
+    before parsing, and every decoding failure is None.
+    """
     try:
+        if len(line) > MAX_LINE_BYTES:
+            return None
         raw = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; json.loads recurses per nesting
+    # level, so a deeply nested line raises RecursionError; TypeError: not text at all.
+    except (ValueError, RecursionError, TypeError):
         return None
     if not isinstance(raw, dict) or raw.get("kind") not in ("progress", "event", "result"):
         return None
     try:
         return _RECORD.validate_python(raw)
-    except ValidationError:
+    except (ValidationError, RecursionError):
         return None

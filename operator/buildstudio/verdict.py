@@ -125,3 +125,37 @@ def judge(
         Outcome.ENGINE_FAILED,
         f"opencode ended without a final answer ({_exit(exit_code)}; {last}) after {_stats(s)}",
     )
+
+
+def decide_result(
+    claim: RunSummary | None,
+    claimed: Outcome | None,
+    claimed_message: str,
+    *,
+    diff: DiffStat | None,
+    diff_error: str = "",
+    workspace_error: str = "",
+) -> tuple[Outcome, str]:
+    """The reporter's outcome: the agent's claim may fail its own run, never make up a success.
+
+    ``claimed`` / ``claimed_message`` / ``claim`` come from the agent's report (its container,
+    its uid: untrusted); ``diff`` is what the reporter itself recomputed from the workspace
+    against the trusted base (None when that failed, with ``diff_error``). Whether the run
+    changed anything, what it changed and how large it is are decided by the reporter alone.
+    """
+    if workspace_error:
+        return Outcome.WORKSPACE_ERROR, workspace_error
+    if diff is None:
+        return Outcome.DIFF_CAPTURE_FAILED, f"diff capture failed: {diff_error or 'unknown error'}"
+    if claimed is None:
+        return (
+            Outcome.ENGINE_FAILED,
+            f"the agent left no readable report ({claimed_message or 'none'}); its diff, as found: {_diff(diff)}",
+        )
+    if not claimed.succeeded:
+        return claimed, claimed_message
+    if claim is not None:
+        return _judge_terminal(claim, diff, "")
+    if diff.files == 0:
+        return Outcome.NO_CHANGES, "final answer, no changes"
+    return Outcome.COMPLETED, f"final answer, {_diff(diff)}"

@@ -75,8 +75,9 @@ async def kopf_operator(k8s: Kube) -> AsyncIterator[KopfOperatorFactory]:
 
 @pytest_asyncio.fixture
 async def kubelet(k8s: Kube, tmp_path: pathlib.Path) -> AsyncIterator[Kubelet]:
-    """Plays the node: schedules pods, runs or fakes their containers, serves their logs."""
-    node = Kubelet(k8s, workdir=tmp_path / "kubelet")
+    """Plays the node: schedules pods, runs or fakes their containers, serves their logs. As root,
+    each container runs as its own uid (`kubelet.separate_uids`, `.separate_uids_reason`)."""
+    node = Kubelet(k8s, workdir=tmp_path / "kubelet", separate_uids=None)
     await node.start()
     try:
         yield node

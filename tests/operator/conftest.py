@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from buildstudio.core.settings import Settings
+from buildstudio.core.settings import EgressSettings, SandboxDefaults, Settings
 from buildstudio.handlers import build_registry
 from buildstudio.scripted_server import ScriptedServer
 from tests.kube.client import BUILDDISPATCHES, BUILDENGINES, Kube, wait_for
@@ -27,6 +27,11 @@ FAST = Settings(
     queue_poll_interval=0.3,
     # The schema's smallest runSeconds is 30: the backstop fires 27 s early so a test sees it in ~3 s.
     run_timeout_slack=-27.0,
+    # No DNS here: the dispatches' remote (example.com) is reached through an admin allow-list
+    # rather than resolved at launch (tests/operator/test_egress.py covers resolution).
+    egress=EgressSettings(allow_cidrs=("0.0.0.0/0",)),
+    # Every model service here is plain http on loopback (the refusal itself: test_trust_boundary.py).
+    sandbox=SandboxDefaults(allow_plaintext_credentials=True),
 )
 WRITE_SCRIPT = [
     {"tool": "write", "args": {"filePath": "hello.py", "content": "print('hello')\n"}},
@@ -92,17 +97,23 @@ class Cluster:
         return await wait_for(check, timeout, interval=0.1, message=f"{name} in phase {phases}")
 
 
-def new_operator(factory: KopfOperatorFactory) -> Any:
-    return factory(build_registry(FAST, namespace="default", seed=False))
+def new_operator(factory: KopfOperatorFactory, settings: Settings = FAST) -> Any:
+    return factory(build_registry(settings, namespace="default", seed=False))
 
 
 async def start_cluster(
-    api: Kube, node: Kubelet, factory: KopfOperatorFactory, model: ScriptedServer, **engine: Any
+    api: Kube,
+    node: Kubelet,
+    factory: KopfOperatorFactory,
+    model: ScriptedServer,
+    *,
+    settings: Settings = FAST,
+    **engine: Any,
 ) -> Cluster:
     """Register the engine (its probe pod answers 1.18.33), start the operator, wait for `present`."""
     node.script(is_probe, PodScript.canned(["1.18.33"]))
     await api.create(BUILDENGINES, engine_object(model.base_url, **engine))
-    operator = await new_operator(factory)
+    operator = await new_operator(factory, settings)
 
     async def present() -> bool:
         obj = await api.find(BUILDENGINES, "opencode")

@@ -227,7 +227,12 @@ def test_result_record_finishes_with_diff_and_patch() -> None:
 
 @pytest.mark.parametrize(
     ("outcome", "phase"),
-    [(Outcome.NO_CHANGES, "Succeeded"), (Outcome.MODEL_ERROR, "Failed"), (Outcome.ENGINE_FAILED, "Failed")],
+    [
+        (Outcome.NO_CHANGES, "Succeeded"),
+        (Outcome.MODEL_ERROR, "Failed"),
+        (Outcome.ENGINE_FAILED, "Failed"),
+        (Outcome.DIFF_CAPTURE_FAILED, "Failed"),  # issue #14: a lost diff is a failure, never NoChanges
+    ],
 )
 def test_outcomes_map_to_reasons(outcome: Outcome, phase: str) -> None:
     live = fold_line(LiveState(), dump(result(outcome)))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import hashlib
 import json
 import os
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,8 +43,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def patch_of(diff: str) -> Patch:
-    data = base64.b64encode(gzip.compress(diff.encode())).decode()
-    return Patch(data=data, bytes=len(diff.encode()), sha256="0" * 64)
+    raw = diff.encode()
+    data = base64.b64encode(gzip.compress(raw)).decode()
+    return Patch(data=data, bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
 
 
 def result_line(diff: str = "+print('hello')\n", outcome: Outcome = Outcome.COMPLETED, **kw: Any) -> str:
@@ -188,37 +189,25 @@ def opencode_bin() -> str | None:
 @pytest.mark.opencode
 @pytest.mark.slow
 async def test_real_runner_and_opencode_to_succeeded(
-    k8s: Any, kopf_operator: Any, model_server: ScriptedServer, tmp_path: Path
+    k8s: Any, kubelet: Any, kopf_operator: Any, model_server: ScriptedServer, tmp_path: Path
 ) -> None:
+    """The whole sandbox pod for real: clone (init), relay (sidecar), agent (init: real opencode),
+    reporter (main), each under its own uid when the test runs as root."""
     binary = opencode_bin()
     if binary is None:
         pytest.skip("opencode binary not found (OPENCODE_BIN, .tools/opencode, PATH)")
-    from tests.kube.kubelet import Kubelet
     from tests.operator.conftest import start_cluster
+    from tests.operator.gitserver import served_repo, settings_for
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-C", str(repo), "-c", "user.email=t@e", "-c", "user.name=t"]
-    (repo / "README.md").write_text("# demo\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "init"]):
-        proc = await asyncio.create_subprocess_exec(*git, *args)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    # The kubelet's volumes must not live under /tmp: the pod mounts /tmp, and a local path below
-    # it would be mapped a second time (tests/kube/pods.map_paths maps one mount after another).
-    workdir = Path.home() / ".cache" / "buildstudio-test-kubelet" / tmp_path.name
-    node = Kubelet(k8s, workdir=workdir, grace_cap=5)
-    await node.start()
-    try:
-        cluster = await start_cluster(k8s, node, kopf_operator, model_server)
-        node.script("real-1", PodScript.run(env={"OPENCODE_BIN": binary}))
-        await cluster.dispatch("real-1", repo={"url": f"file://{repo}", "ref": "main"})
+    async with served_repo(tmp_path, {"README.md": "# demo\n"}) as url:
+        cluster = await start_cluster(k8s, kubelet, kopf_operator, model_server, settings=settings_for(url))
+        kubelet.script("real-1", PodScript.run(env={"OPENCODE_BIN": binary}))
+        await cluster.dispatch("real-1", repo={"url": url, "ref": "main"})
         st = await cluster.wait_phase("real-1", "Succeeded", "Failed", timeout=120)
-    finally:
-        await node.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     assert "hello.py" in st["diff"] and "+print('hello')" in st["diff"]
     assert st["diffStat"]["files"] == 1 and st["summary"]["toolCalls"] >= 1
+    assert st["summary"]["reportedBy"] == "agent"
     assert model_server.chat_requests(with_tools=True), "opencode never reached the scripted model"
     print(json.dumps(st, indent=1)[:6000])
 
@@ -303,9 +292,9 @@ async def test_model_service_api_key_reaches_the_operators_probes(cluster: Clust
         sent = {r["headers"].get("Authorization") for r in keyed.requests}
         assert "Bearer s3cret" in sent
         pod = await cluster.k8s.get(PODS, "with-key-1")
-        env = {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
-        refs = [e["valueFrom"]["secretKeyRef"] for e in env.values() if "valueFrom" in e]
-        assert {"name": "model-key", "key": "token"} in refs  # the pod reads it itself; no value in the spec
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "model-credential"]
+        # The relay sidecar reads it itself (a Secret volume of its own); no value in the spec.
+        assert volume["secret"]["secretName"] == "model-key" and volume["secret"]["items"][0]["key"] == "token"
         assert "s3cret" not in json.dumps(pod) and "s3cret" not in json.dumps(st)
 
 
@@ -373,15 +362,19 @@ async def test_cancel_mid_run_keeps_partial_diff(cluster: Cluster) -> None:
         f"print({progress!r}, flush=True)\n"
         "time.sleep(60)\n"
     )
-    # `python -c`: a script file under /tmp would be remapped onto the pod's /tmp emptyDir.
-    cluster.kubelet.script("cancel-1", PodScript.run(command=[sys.executable, "-c", code]))
+    # The stand-in plays the agent container; the pod's deletion means the reporter never runs,
+    # so the partial diff shown is the agent's own record (labelled so in status.summary).
+    agent = PodScript.run(command=[sys.executable, "-c", code])
+    cluster.kubelet.script("cancel-1", PodScript.canned([], containers={"agent": agent}))
     await cluster.dispatch("cancel-1")
-    await wait_for(lambda: _pod_running(cluster, "cancel-1-1"), 20, message="pod running")
-    await wait_for(lambda: _has_progress(cluster, "cancel-1"), 10, message="progress in status")
+    # The pod stays Pending while its init containers (the agent among them) run: progress says it works.
+    await wait_for(lambda: _has_progress(cluster, "cancel-1"), 20, message="progress in status")
     await cluster.k8s.patch(BUILDDISPATCHES, "cancel-1", {"spec": {"cancel": True}})
     st = await cluster.wait_phase("cancel-1", "Cancelled", "Failed", "Succeeded", timeout=20)
     assert st["phase"] == "Cancelled" and cond(st, "Succeeded")["reason"] == "Cancelled"
-    assert st["diff"] == "+partial\n"
+    assert st.get("diff") == "+partial\n", json.dumps(st, indent=1)
+    assert st["summary"]["reportedBy"] == "agent"
+    assert not st.get("patchConfigMap")  # an agent's account is shown, never stored as a patch
 
 
 async def _pod_running(cluster: Cluster, name: str) -> bool:

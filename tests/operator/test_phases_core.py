@@ -72,10 +72,11 @@ def test_review_verdict_lands_in_status_and_is_read_back_for_ship() -> None:
         phase="review",
         review=ReviewRecord(source="fix", verdict="Approve", diff_sha256=SHA),
     )
-    fields = result_fields(rec, S, patch_cm="")
+    fields = result_fields(rec, S, patch_cm="", review_of="fix")
     assert fields["review"] == {"source": "fix", "verdict": "Approve", "diffSha256": SHA}
     obj = {
         "metadata": {"name": "rev"},
+        "spec": {"phase": "review", "source": {"dispatch": "fix"}},
         "status": {"phase": "Succeeded", "finishedAt": "2026-11-25T10:00:00Z", "review": fields["review"]},
     }
     when, facts = _review_of(obj)  # type: ignore[misc]
@@ -158,21 +159,17 @@ def test_sandbox_pod_service_account_and_toleration_switch() -> None:
     assert pod["spec"]["automountServiceAccountToken"] is False
 
 
-def test_model_service_api_key_reaches_only_the_sandbox_env_by_reference() -> None:
+def test_model_service_api_key_reaches_only_the_relay_by_reference() -> None:
     from dataclasses import replace as dc_replace
 
     from tests.operator.test_core_manifests import D, req
 
     pod = mf.sandbox_pod(dc_replace(req(), model_api_key=mf.SecretKey("vllm-key", "token")), D)
-    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-    assert env[mf.MODEL_API_KEY_ENV]["valueFrom"] == {"secretKeyRef": {"name": "vllm-key", "key": "token"}}
-    runner, config = mf.sandbox_files(
-        spec(),
-        model="qwen3-coder",
-        base_url="http://m/v1",
-        context=32768,
-        relay=False,
-        api_key_env=mf.MODEL_API_KEY_ENV,
-    )
-    assert runner["apiKeyEnv"] == mf.MODEL_API_KEY_ENV
-    assert config["provider"]["local"]["options"]["apiKey"] == "{env:BUILDSTUDIO_MODEL_API_KEY}"
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "model-credential"]
+    assert volume["secret"]["secretName"] == "vllm-key" and volume["secret"]["items"] == [
+        {"key": "token", "path": "key"}
+    ]
+    relay = next(c for c in pod["spec"]["initContainers"] if c["name"] == "relay")
+    assert "--api-key-file" in relay["command"]
+    runner, config = mf.sandbox_files(spec(), model="qwen3-coder", base_url="http://m/v1", context=32768, relay=False)
+    assert "apiKeyEnv" not in runner and "apiKey" not in config["provider"]["local"]["options"]

@@ -111,7 +111,7 @@ def _root(description: str, spec: Schema, status: Schema) -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object: buildstudio.dpf.dev/v1alpha1."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},  # a real apiserver refuses anything more here
             "spec": spec,
             "status": status,
         },

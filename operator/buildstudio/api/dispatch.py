@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from buildstudio.api.common import (
     NAME_PATTERN,
@@ -15,6 +15,7 @@ from buildstudio.api.common import (
     cel,
     conditions_field,
 )
+from buildstudio.core import inputs
 
 Phase = Literal["ideate", "plan", "build", "review", "ship"]
 DispatchPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -26,19 +27,54 @@ FREE_FORM: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 IMMUTABLE = cel("self == oldSelf", "is immutable once the dispatch exists")
 
 
+# Validation context of `buildstudio run --local`, where repo.url may also be a local path or file://:
+# `BuildDispatch.model_validate(doc, context=LOCAL_PATHS)`.
+LOCAL_PATHS_KEY = "localPaths"
+LOCAL_PATHS: dict[str, bool] = {LOCAL_PATHS_KEY: True}
+
+
+def _input_rules(rules: tuple[inputs.Rule, ...]) -> dict[str, Any]:
+    """The checks of ``core.inputs`` as CEL rules on a string field: the apiserver refuses what they refuse."""
+    return {"x-kubernetes-validations": [cel(r.cel(), r.message) for r in rules]}
+
+
 class Repo(ApiModel):
     """The git repository the engine works in."""
 
     url: str = Field(
-        description="Clone URL (https://, http://, ssh://, git@host:path or file://).",
+        description="Clone URL: https://, http:// or ssh://[user@]host[:port]/path, or user@host:path "
+        "(no file:// or other transports; local paths only with `buildstudio run --local`).",
         min_length=1,
         max_length=2048,
-        pattern=r"^(https?://|ssh://|git@[^\s:]+:|file://)[^\s]+$",
+        json_schema_extra=_input_rules(inputs.URL_RULES),
     )
-    ref: str = Field("main", description="Branch, tag or commit to start from.", min_length=1, max_length=255)
+    ref: str = Field(
+        "main",
+        description="Branch, tag or commit to start from: a git ref name (git check-ref-format) or a commit sha.",
+        min_length=1,
+        max_length=255,
+        json_schema_extra=_input_rules(inputs.REF_RULES),
+    )
     credentials_secret: SecretKeyRef | None = Field(
         None, description="Secret with a token or SSH key for a private repository."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_data(cls, url: str, info: ValidationInfo) -> str:
+        local = isinstance(info.context, dict) and info.context.get(LOCAL_PATHS_KEY) is True
+        problem = inputs.check_repo_url(url, local=local)
+        if problem:
+            raise ValueError(problem)
+        return url
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_is_data(cls, ref: str) -> str:
+        problem = inputs.check_ref(ref)
+        if problem:
+            raise ValueError(problem)
+        return ref
 
 
 class Timeouts(ApiModel):
@@ -182,6 +218,12 @@ class Progress(ApiModel):
     tokens: int = Field(0, description="Tokens so far (input + output).", ge=0)
     last_tool: str = Field("", description="Last tool call, e.g. 'edit calc.py'.", max_length=256)
     message: str = Field("", description="Last progress message.", max_length=512)
+    reported_by: str = Field(
+        "",
+        description="Whose figures these are: agent (the sandbox's agent side: informative, they decide "
+        "nothing) or reporter (the sandbox's own result container).",
+        max_length=16,
+    )
     updated_at: str | None = Field(
         None, description="When progress was last written.", json_schema_extra={"format": "date-time"}
     )
@@ -213,6 +255,13 @@ class Summary(ApiModel):
         0, description="Text-format tool calls the repair relay turned into API tool calls.", ge=0
     )
     duration_seconds: int = Field(0, description="Wall time of the run.", ge=0)
+    reported_by: str = Field(
+        "",
+        description="Whose counters these are (filesChanged is always the reporter's diff): agent (the "
+        "sandbox's agent side: informative, they decide "
+        "nothing) or reporter (the sandbox's own result container).",
+        max_length=16,
+    )
 
 
 class DiffStat(ApiModel):
@@ -307,6 +356,7 @@ __all__ = [
     "DISPATCH_RULES",
     "IMMUTABLE",
     "IMMUTABLE_FIELDS",
+    "LOCAL_PATHS",
     "TEXT_PHASES",
     "Approval",
     "BuildDispatch",

@@ -25,7 +25,7 @@ from buildstudio.core import names
 from buildstudio.core.settings import Settings
 from buildstudio.core.status import LiveState, fit_budget, progress_fields, result_fields
 from buildstudio.gate import GateDecision
-from buildstudio.records import Outcome
+from buildstudio.records import Outcome, Patch
 
 Stage = Literal["entry", "queued", "running", "finished"]
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
@@ -71,21 +71,32 @@ class ModelCheck:
     context_source: str = ""
 
 
+REPORTER_CONTAINER = "reporter"  # its log is the result channel
+STARTING_REASONS = frozenset({"PodInitializing", "ContainerCreating"})
+RELAY_CONTAINER = "relay"
+AGENT_CONTAINER = "agent"
+
+
 @dataclass(frozen=True)
 class PodView:
-    """What the machine needs of the sandbox pod (``from_pod`` reads a Pod object)."""
+    """What the machine needs of the sandbox pod (``from_pod`` reads a Pod object).
+
+    The sandbox's work runs in init containers (clone, agent) while the pod's own phase still
+    says Pending: ``phase`` here is Running once any of its containers has started."""
 
     phase: str = "Pending"
     reason: str = ""  # status.reason (Evicted, DeadlineExceeded)
     message: str = ""
     waiting_reason: str = ""
     waiting_message: str = ""
-    terminated_reason: str = ""  # OOMKilled, Error, Completed
+    terminated_reason: str = ""  # OOMKilled, Error, Completed (a failed container's first)
     exit_code: int | None = None
     unschedulable: str | None = None  # the PodScheduled=False message
     created: datetime | None = None
     started: datetime | None = None
     deleting: bool = False
+    failed_container: str = ""  # the container whose termination ended the pod, if any failed
+    reporter_ended: bool = False  # the result channel's container has terminated
 
     @property
     def ended(self) -> bool:
@@ -97,27 +108,50 @@ class PodView:
         status = pod.get("status") or {}
         waiting: Mapping[str, Any] = {}
         terminated: Mapping[str, Any] = {}
-        for cs in status.get("containerStatuses") or []:
+        failed = ""
+        started_any = False
+        reporter_ended = False
+        statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+        for cs in statuses:
             state = cs.get("state") or {}
-            waiting = state.get("waiting") or waiting
-            terminated = state.get("terminated") or terminated
+            wait = state.get("waiting")
+            # A container that cannot start (image, config) outranks others that only wait for it.
+            if wait and (not waiting or waiting.get("reason") in STARTING_REASONS):
+                waiting = wait
+            term = state.get("terminated")
+            if state.get("running") or term:
+                started_any = True
+            if term:
+                if cs.get("name") == REPORTER_CONTAINER:
+                    reporter_ended = True
+                if cs.get("name") == RELAY_CONTAINER:
+                    continue  # a sidecar: restarted by the kubelet, and ended by it after the work
+                if not failed and (term.get("exitCode") or term.get("reason") not in (None, "Completed")):
+                    terminated, failed = term, str(cs.get("name") or "")
+                elif not terminated:
+                    terminated = term
         unschedulable = None
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 unschedulable = str(cond.get("message") or cond.get("reason") or "Unschedulable")
         code = terminated.get("exitCode")
+        phase = str(status.get("phase") or "Pending")
+        if phase == "Pending" and started_any:
+            phase = "Running"
         return cls(
-            phase=str(status.get("phase") or "Pending"),
+            phase=phase,
             reason=str(status.get("reason") or ""),
             message=str(status.get("message") or ""),
-            waiting_reason=str(waiting.get("reason") or ""),
-            waiting_message=str(waiting.get("message") or ""),
+            waiting_reason=str(waiting.get("reason") or "") if phase == "Pending" else "",
+            waiting_message=str(waiting.get("message") or "") if phase == "Pending" else "",
             terminated_reason=str(terminated.get("reason") or ""),
             exit_code=int(code) if code is not None else None,
             unschedulable=unschedulable,
             created=c.parse_time(meta.get("creationTimestamp")),
             started=c.parse_time(status.get("startTime")),
             deleting=bool(meta.get("deletionTimestamp")),
+            failed_container=failed,
+            reporter_ended=reporter_ended,
         )
 
 
@@ -274,8 +308,30 @@ def invalid_spec(d: Dispatch, error: str, now: datetime, settings: Settings) -> 
     return draft.finish(False, "InvalidSpec", f"invalid spec: {error}", settings)
 
 
-def enter(d: Dispatch, gate: GateDecision, check: ModelCheck | None, now: datetime, settings: Settings) -> Step:
-    """Gate, then preflight. ``check`` is None when the gate refused or no model service applies."""
+def refused_at_launch(d: Dispatch, reason: str, message: str, now: datetime, settings: Settings) -> Step:
+    """A launch that may not go ahead after all (say, the git remote no longer resolves, so no
+    egress policy can name it), decided before any child object exists. ``d.status`` may be the
+    launch step's: the attempt that was about to start is taken back."""
+    draft = _Draft(d, now)
+    draft.status["conditions"] = [x for x in d.conditions if x.get("type") != c.RUNNING]
+    for key in ("podName", "admittedAt"):
+        draft.status.pop(key, None)
+    draft.cond(c.ADMITTED, "False", reason, message)
+    return draft.finish(False, reason, message, settings)
+
+
+def enter(
+    d: Dispatch,
+    gate: GateDecision,
+    check: ModelCheck | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    refusal: tuple[str, str] | None = None,
+) -> Step:
+    """Gate, then preflight. ``check`` is None when the gate refused or no model service applies.
+    ``refusal`` (reason, message naming the field): what the admin's rules forbid in this
+    spec (credentials, locks, egress) — refused before anything is created."""
     draft = _Draft(d, now)
     if d.spec.cancel:
         return _cancelled_before_start(draft, settings)
@@ -284,6 +340,11 @@ def enter(d: Dispatch, gate: GateDecision, check: ModelCheck | None, now: dateti
         if gate.engine:
             draft.status["engine"] = gate.engine
         return draft.finish(False, "NotAdmitted", f"{gate.reason}: {gate.message}", settings)
+    if refusal is not None:
+        reason, message = refusal
+        draft.cond(c.ADMITTED, "False", reason, message)
+        draft.status["engine"] = gate.engine or ""
+        return draft.finish(False, reason, message, settings)  # finish() emits the Warning
     draft.status["engine"] = gate.engine or ""
     draft.status["model"] = gate.model or d.spec.model or ""
     if check is None:
@@ -412,14 +473,28 @@ def _pod_failure(pod: PodView | None, status: Mapping[str, Any]) -> tuple[str, s
         return "TimedOut", "run timeout; the sandbox was stopped without a result record"
     if pod is None:
         return "PodFailed", "the sandbox pod disappeared before it printed a result"
+    where = f"container {pod.failed_container}" if pod.failed_container else "container"
     if pod.terminated_reason == "OOMKilled":
-        return "OOMKilled", f"the sandbox container was OOM-killed (exit {pod.exit_code})"
+        return "OOMKilled", f"the sandbox {where} was OOM-killed (exit {pod.exit_code})"
     if pod.reason == "Evicted":
         return "Evicted", f"the sandbox pod was evicted: {pod.message or 'node pressure'}"
     if pod.reason == "DeadlineExceeded":
         return "TimedOut", "the sandbox pod exceeded its active deadline"
     detail = pod.terminated_reason or pod.reason or pod.phase
-    return "PodFailed", f"the sandbox ended ({detail}, exit {pod.exit_code}) without a result record"
+    return "PodFailed", f"the sandbox {where} ended ({detail}, exit {pod.exit_code}) without a result record"
+
+
+def _with_partial(
+    status: dict[str, Any], live: LiveState, reason: str, message: str, settings: Settings
+) -> tuple[str, str]:
+    """A cancelled attempt whose reporter never ran shows the agent's partial diff, labelled as the
+    agent's; the outcome stays the operator's (Cancelled), and no patch is stored for it."""
+    partial = live.agent_cancelled
+    if reason != "Cancelled" or partial is None:
+        return reason, message
+    status.update(result_fields(partial.model_copy(update={"patch": Patch()}), settings, patch_cm=""))
+    status["summary"]["reportedBy"] = "agent"
+    return reason, f"{message}; the partial diff shown is the agent's own account"
 
 
 def _pending_wake(pod: PodView, age: float, settings: Settings) -> float:
@@ -450,14 +525,18 @@ def running(
     run_cond = c.find(status.get("conditions"), c.RUNNING)
     run_reason = run_cond.get("reason") if run_cond else ""
     if live.progress is not None or live.events:
-        status.update(progress_fields(live, now))
+        status.update(progress_fields(live, now, reported_by="agent" if d.spec.phase == "build" else "reporter"))
     if pod is not None and pod.phase != "Pending" and pod.started and not status.get("startedAt"):
         status["startedAt"] = c.timestamp(pod.started)  # it ran, even if no look caught it Running
 
     result = live.result
+    if live.results > 1 or (result is not None and live.conflict):
+        detail = live.conflict or f"{live.results} result records for attempt {d.attempt}"
+        return draft.finish(False, "ResultConflict", f"the sandbox's result cannot be trusted: {detail}", settings)
     if result is not None:
         patch_cm = names.patch_name(d.name) if result.patch.data else ""
-        status.update(result_fields(result, settings, patch_cm=patch_cm))
+        review_of = d.spec.source.dispatch if d.spec.phase == "review" and d.spec.source is not None else None
+        status.update(result_fields(result, settings, patch_cm=patch_cm, review_of=review_of))
         if result.patch.data:
             p = result.patch
             draft.actions.append(StorePatch(p.data, p.bytes, p.sha256, p.truncated))
@@ -492,14 +571,14 @@ def running(
             draft.actions.append(Launch(d.attempt or 1, engine, str(status.get("model") or ""), ctx))
             return draft.step(settings, wake_after=1.0)
         if log_ended:
-            reason, message = _pod_failure(None, status)
+            reason, message = _with_partial(status, live, *_pod_failure(None, status), settings)
             return draft.finish(False, reason, message, settings)
         return draft.step(settings, wake_after=1.0)
 
     if pod.ended or pod.deleting:
         if not log_ended:
             return draft.step(settings, wake_after=0.5)  # the result record may still be in the log
-        reason, message = _pod_failure(pod, status)
+        reason, message = _with_partial(status, live, *_pod_failure(pod, status), settings)
         return draft.finish(False, reason, message, settings)
 
     age = (now - pod.created).total_seconds() if pod.created else 0.0

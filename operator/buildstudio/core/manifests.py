@@ -1,23 +1,22 @@
 """Builders of the sandbox's Kubernetes objects: plain dicts in, plain dicts out.
 
 Pod (restricted Pod Security, GPU-node affinity without a GPU request by default), the
-config ConfigMap (``runner.json`` + ``opencode.json``), the egress NetworkPolicy, the
-patch ConfigMap and an engine's presence probe pod. Golden YAML in
+config ConfigMap (``runner.json`` + ``opencode.json``), the egress NetworkPolicy (built in
+``core/egress.py``), the patch ConfigMap and an engine's presence probe pod. Golden YAML in
 ``tests/fixtures/golden/`` pins their shape.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import names
+from buildstudio.core.egress import egress_policy as egress_policy  # moved; kept importable here
 from buildstudio.core.settings import SandboxDefaults
 from buildstudio.opencode_config import build_config
 from buildstudio.pins import API_GROUP, API_VERSION
@@ -127,6 +126,8 @@ def _container_security() -> Manifest:
 
 
 def _pod_security(uid: int) -> Manifest:
+    # fsGroup: every container may read the shared emptyDirs (the agent's files are 0644 by its
+    # umask); writing is decided per container by readOnly mounts and by file ownership.
     return {
         "runAsNonRoot": True,
         "runAsUser": uid,
@@ -136,68 +137,158 @@ def _pod_security(uid: int) -> Manifest:
     }
 
 
-def sandbox_pod(req: SandboxRequest, defaults: SandboxDefaults) -> Manifest:
-    """The attempt's pod: hardened, owned, deterministic name ``<dispatch>-<attempt>``."""
-    sandbox = req.sandbox
-    env: list[Manifest] = [
-        {"name": "HOME", "value": HOME},
-        {"name": "BUILDSTUDIO_WORKSPACE", "value": WORKSPACE},
-        # The runner sets opencode's XDG dirs and flags itself; this one also guards a
-        # hand-run opencode: the cloned repo must not redirect the model with its own config.
-        {"name": "OPENCODE_DISABLE_PROJECT_CONFIG", "value": "1"},
-    ]
-    cred = req.engine.credential
-    if req.engine.endpoint == "cloud" and cred is not None:
-        # Only cloud engines' pods see a credential, and only by reference.
-        env.append(
-            {
-                "name": req.engine.credential_env or "BUILDSTUDIO_ENGINE_CREDENTIAL",
-                "valueFrom": {"secretKeyRef": {"name": cred.name, "key": cred.key}},
-            }
-        )
-    if req.model_api_key is not None:
-        env.append(
-            {
-                "name": MODEL_API_KEY_ENV,
-                "valueFrom": {"secretKeyRef": {"name": req.model_api_key.name, "key": req.model_api_key.key}},
-            }
-        )
-    if req.repo_credentials is not None:
-        env.append(
-            {
-                "name": "BUILDSTUDIO_GIT_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": req.repo_credentials.name, "key": req.repo_credentials.key}},
-            }
-        )
-    container: Manifest = {
-        "name": "runner",
-        "image": sandbox.get("image") or req.engine.image or defaults.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": list(defaults.runner_command),
-        "env": env,
-        "resources": _resources(defaults, sandbox),
-        "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-            {"name": "workspace", "mountPath": WORKSPACE},
-            {"name": "home", "mountPath": HOME},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+# Where each container sees what (docs/security.md has the picture).
+BASE_MOUNT = "/var/run/buildstudio/base"
+AGENT_OUT_MOUNT = "/var/run/buildstudio/agent-out"
+RELAY_MOUNT = "/var/run/buildstudio/relay"
+GIT_CREDENTIAL_MOUNT = "/var/run/buildstudio/git-credential"
+MODEL_CREDENTIAL_MOUNT = "/var/run/buildstudio/model-credential"
+REPORTER_TMP = "/tmp"
+SPEC_FILE = f"{CONFIG_MOUNT}/runner.json"
+CLAIM_FILE = f"{AGENT_OUT_MOUNT}/report.json"
+RELAY_URL_FILE = f"{RELAY_MOUNT}/url"
+RELAY_COUNTERS_FILE = f"{RELAY_MOUNT}/counters.json"
+CREDENTIAL_MODE = 0o440  # root:fsGroup; only the one container that mounts the volume sees it
+
+
+def _mount(name: str, path: str, *, read_only: bool = False) -> Manifest:
+    m: Manifest = {"name": name, "mountPath": path}
+    if read_only:
+        m["readOnly"] = True
+    return m
+
+
+def _secret_volume(name: str, ref: SecretKey, path: str) -> Manifest:
+    return {
+        "name": name,
+        "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": path}], "defaultMode": CREDENTIAL_MODE},
     }
+
+
+def sandbox_pod(
+    req: SandboxRequest, defaults: SandboxDefaults, *, phase: str = "build", relay_repair: bool = False
+) -> Manifest:
+    """The attempt's pod, deterministic name ``<dispatch>-<attempt>``: one container per trust role.
+
+    ``clone`` (init, holds the git credential) → ``relay`` (native sidecar, holds the model key) →
+    ``agent`` (init, no credential, the untrusted engine) → ``reporter`` (main, its own uid: the
+    result channel). Text phases have only the relay and the reporter.
+    """
+    sandbox = req.sandbox
+    image = sandbox.get("image") or req.engine.image or defaults.image
+    python = list(defaults.python)
+    build = phase == "build"
+    has_repo = build and bool(req.repo_url)
+
+    def container(name: str, args: list[str], mounts: list[Manifest], uid: int, **extra: Any) -> Manifest:
+        c: Manifest = {
+            "name": name,
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": [*python, *args],
+            "env": [{"name": "HOME", "value": REPORTER_TMP if name != "agent" else HOME}],
+            "resources": _resources(defaults, sandbox) if name == "agent" else _helper_resources(),
+            "securityContext": {**_container_security(), "runAsUser": uid, "runAsGroup": uid},
+            "volumeMounts": mounts,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+        c.update(extra)
+        return c
+
+    volumes: list[Manifest] = [
+        {"name": "config", "configMap": {"name": names.config_name(req.owner.name)}},
+        {"name": "relay-run", "emptyDir": {"sizeLimit": "1Mi"}},
+        {"name": "relay-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "reporter-tmp", "emptyDir": {"sizeLimit": defaults.workspace_size if build else "64Mi"}},
+    ]
+    init: list[Manifest] = []
+    config_ro = _mount("config", CONFIG_MOUNT, read_only=True)
+    if build:
+        volumes += [
+            {"name": "workspace", "emptyDir": {"sizeLimit": defaults.workspace_size}},
+            {"name": "base", "emptyDir": {"sizeLimit": defaults.workspace_size}},
+            {"name": "home", "emptyDir": {"sizeLimit": defaults.home_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": defaults.tmp_size}},
+            {"name": "agent-out", "emptyDir": {"sizeLimit": "16Mi"}},
+        ]
+        clone_args = ["-m", "buildstudio.runner", "clone", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
+        clone_args += ["--base", BASE_MOUNT]
+        clone_mounts = [
+            config_ro,
+            _mount("workspace", WORKSPACE),
+            _mount("base", BASE_MOUNT),
+            _mount("tmp", "/tmp"),
+        ]
+        if has_repo and req.repo_credentials is not None:
+            volumes.append(_secret_volume("git-credential", req.repo_credentials, "token"))
+            clone_mounts.append(_mount("git-credential", GIT_CREDENTIAL_MOUNT, read_only=True))
+            clone_args += ["--credential-file", f"{GIT_CREDENTIAL_MOUNT}/token"]
+        if defaults.allow_plaintext_credentials:
+            clone_args.append("--allow-plaintext-credentials")
+        init.append(container("clone", clone_args, clone_mounts, defaults.uid))
+
+    relay_args = ["-m", "buildstudio.relay", "--upstream", req.model_base_url, "--url-file", RELAY_URL_FILE]
+    relay_args += ["--counters-file", RELAY_COUNTERS_FILE]
+    relay_mounts = [_mount("relay-run", RELAY_MOUNT), _mount("relay-tmp", "/tmp")]
+    if req.model_api_key is not None:
+        volumes.append(_secret_volume("model-credential", req.model_api_key, "key"))
+        relay_mounts.append(_mount("model-credential", MODEL_CREDENTIAL_MOUNT, read_only=True))
+        relay_args += ["--api-key-file", f"{MODEL_CREDENTIAL_MOUNT}/key"]
+    if defaults.allow_plaintext_credentials:
+        relay_args.append("--allow-plaintext-credentials")
+    if not relay_repair:
+        relay_args.append("--no-repair")
+    # A native sidecar: started before the agent, ended by the kubelet after the reporter.
+    init.append(container("relay", relay_args, relay_mounts, defaults.relay_uid, restartPolicy="Always"))
+
+    if build:
+        agent_args = ["-m", "buildstudio.runner", "agent", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
+        agent_args += ["--home", HOME, "--report", CLAIM_FILE, "--relay-url-file", RELAY_URL_FILE]
+        agent = container(
+            "agent",
+            agent_args,
+            [
+                config_ro,
+                _mount("workspace", WORKSPACE),
+                _mount("home", HOME),
+                _mount("tmp", "/tmp"),
+                _mount("agent-out", AGENT_OUT_MOUNT),
+                _mount("relay-run", RELAY_MOUNT, read_only=True),
+            ],
+            defaults.uid,
+        )
+        # A hand-run opencode must not let the cloned repo redirect the model with its own config.
+        agent["env"].append({"name": "OPENCODE_DISABLE_PROJECT_CONFIG", "value": "1"})
+        init.append(agent)
+        report_args = ["-m", "buildstudio.runner", "report", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
+        report_args += ["--base", BASE_MOUNT, "--agent-report", CLAIM_FILE, "--scratch", f"{REPORTER_TMP}/report"]
+        report_args += ["--relay-counters", RELAY_COUNTERS_FILE]
+        report_mounts = [
+            config_ro,
+            _mount("workspace", WORKSPACE, read_only=True),
+            _mount("base", BASE_MOUNT, read_only=True),
+            _mount("agent-out", AGENT_OUT_MOUNT, read_only=True),
+            _mount("relay-run", RELAY_MOUNT, read_only=True),
+            _mount("reporter-tmp", REPORTER_TMP),
+        ]
+    else:
+        report_args = ["-m", "buildstudio.runner", "report", "--spec", SPEC_FILE, "--base", BASE_MOUNT]
+        report_args += ["--relay-url-file", RELAY_URL_FILE]
+        report_mounts = [
+            config_ro,
+            _mount("relay-run", RELAY_MOUNT, read_only=True),
+            _mount("reporter-tmp", REPORTER_TMP),
+        ]
+    reporter = container("reporter", report_args, report_mounts, defaults.reporter_uid)
     spec: Manifest = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": defaults.termination_grace_seconds,
         "securityContext": _pod_security(defaults.uid),
-        "containers": [container],
-        "volumes": [
-            {"name": "config", "configMap": {"name": names.config_name(req.owner.name)}},
-            {"name": "workspace", "emptyDir": {"sizeLimit": defaults.workspace_size}},
-            {"name": "home", "emptyDir": {"sizeLimit": defaults.home_size}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": defaults.tmp_size}},
-        ],
+        "initContainers": init,
+        "containers": [reporter],
+        "volumes": volumes,
     }
     gpu_taint = {"key": defaults.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
     tolerations = list(sandbox.get("tolerations") or []) or ([gpu_taint] if defaults.gpu_toleration else [])
@@ -222,6 +313,14 @@ def sandbox_pod(req: SandboxRequest, defaults: SandboxDefaults) -> Manifest:
         "kind": "Pod",
         "metadata": _meta(names.pod_name(req.owner.name, req.attempt), req.owner, "sandbox", extra),
         "spec": spec,
+    }
+
+
+def _helper_resources() -> Manifest:
+    """The clone, relay and reporter: small, bounded; the agent gets the dispatch's resources."""
+    return {
+        "requests": {"cpu": "50m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
+        "limits": {"memory": "1Gi", "ephemeral-storage": "1Gi"},
     }
 
 
@@ -261,98 +360,6 @@ def patch_config_map(
             else "empty patch"
         }
     return manifest
-
-
-@dataclass(frozen=True)
-class Peer:
-    """One allowed egress destination; ``None`` fields mean "any"."""
-
-    port: int | None
-    cidr: str | None = None
-    namespace: str | None = None
-
-
-def model_service_peer(base_url: str) -> Peer | None:
-    """Where the model service lives, as a NetworkPolicy peer.
-
-    - an IP literal → that /32 (/128) and the URL's port;
-    - a cluster service name (``svc.ns``, ``svc.ns.svc[.cluster.local]``) → every pod of its
-      namespace, any port: NetworkPolicy sees the pod's targetPort after the service's DNAT,
-      which the URL does not tell;
-    - any other host name (resolved outside the cluster) → the URL's port to anywhere;
-    - loopback → no rule (never leaves the pod's network namespace).
-    """
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if ip is not None:
-        if ip.is_loopback:
-            return None
-        return Peer(port=port, cidr=f"{ip}/{32 if ip.version == 4 else 128}")
-    if host in ("localhost",):
-        return None
-    labels = host.split(".")
-    if len(labels) == 2 or (len(labels) >= 3 and labels[2] == "svc"):
-        return Peer(port=None, namespace=labels[1])
-    return Peer(port=port)
-
-
-def git_port(repo_url: str) -> int:
-    """The git remote's port: explicit, else by scheme (https 443, ssh 22, git 9418, http 80)."""
-    if "://" not in repo_url:
-        return 22  # scp-like git@host:path
-    parts = urlsplit(repo_url)
-    if parts.port:
-        return parts.port
-    return {"https": 443, "http": 80, "ssh": 22, "git": 9418}.get(parts.scheme, 443)
-
-
-def _rule(peer: Peer, protocol: str = "TCP") -> Manifest:
-    rule: Manifest = {}
-    if peer.cidr:
-        rule["to"] = [{"ipBlock": {"cidr": peer.cidr}}]
-    elif peer.namespace:
-        rule["to"] = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": peer.namespace}}}]
-    if peer.port is not None:
-        rule["ports"] = [{"protocol": protocol, "port": peer.port}]
-    return rule
-
-
-def egress_policy(owner: Owner, model_base_url: str, repo_url: str, defaults: SandboxDefaults) -> Manifest:
-    """Egress of the attempt's pods: DNS, the model service, the git remote; nothing else."""
-    dns = {
-        "to": [
-            {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": defaults.dns_namespace}},
-                "podSelector": {"matchLabels": dict(defaults.dns_pod_labels)},
-            }
-        ],
-        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-    }
-    egress = [dns]
-    model = model_service_peer(model_base_url)
-    if model is not None:
-        egress.append(_rule(model))
-    egress.append(_rule(Peer(port=git_port(repo_url))))
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _meta(names.egress_name(owner.name), owner, "egress"),
-        "spec": {
-            "podSelector": {
-                "matchLabels": {
-                    names.LABEL_DISPATCH: names.label_value(owner.name),
-                    names.LABEL_COMPONENT: "sandbox",
-                }
-            },
-            "policyTypes": ["Ingress", "Egress"],  # no ingress rules: nothing may connect in
-            "egress": egress,
-        },
-    }
 
 
 def baseline_policy(namespace: str) -> Manifest:

@@ -6,11 +6,13 @@ Plain frozen data so the core stays pure; the operator builds one from its envir
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 GpuAffinity = Literal["preferred", "required", "none"]
 
@@ -18,14 +20,14 @@ GpuAffinity = Literal["preferred", "required", "none"]
 @dataclass(frozen=True)
 class SandboxDefaults:
     image: str = "ghcr.io/dpf-dev/buildstudio-sandbox:latest"
-    runner_command: tuple[str, ...] = (
-        "python",
-        "-m",
-        "buildstudio.runner",
-        "--spec",
-        "/etc/buildstudio/runner.json",
-    )
-    uid: int = 65532
+    python: tuple[str, ...] = ("python",)  # the sandbox image's interpreter; the roles are modules
+    uid: int = 65532  # the agent (and the clone before it); also the pod's fsGroup
+    relay_uid: int = 65533  # the relay sidecar: holds the model service's key
+    reporter_uid: int = 65530  # the reporter: recomputes the diff, prints the result record
+    # Credentials (git token, model key) over plain http:// only when the admin allows it.
+    allow_plaintext_credentials: bool = False
+    # Secrets a dispatch may name (core/credentials.py): "name" (any namespace) or "namespace/name".
+    credential_secrets: frozenset[str] = frozenset()
     gpu_affinity: GpuAffinity = "preferred"
     gpu_node_label: str = "nvidia.com/gpu.present"
     gpu_resource: str = "nvidia.com/gpu"
@@ -46,8 +48,56 @@ class SandboxDefaults:
 
 
 @dataclass(frozen=True)
+class ModelPeer:
+    """The pods behind an in-cluster model service, as the admin names them (the operator reads
+    no Service: no extra RBAC). ``service`` empty: any service of the namespace."""
+
+    namespace: str
+    service: str = ""
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    port: int | None = None  # the pods' (target) port; None: the URL's port
+
+
+@dataclass(frozen=True)
+class EgressSettings:
+    """What a sandbox pod may reach besides DNS (core/egress.py); no dispatch can widen it."""
+
+    git_ports: tuple[int, ...] = (443, 22)
+    # The git allow-list: when either is set, git traffic goes only there (remotes are not resolved).
+    allow_cidrs: tuple[str, ...] = ()
+    allow_namespaces: tuple[str, ...] = ()
+    # Excepted from every ipBlock, besides link-local (always): the node network, the API server.
+    node_cidrs: tuple[str, ...] = ()
+    api_server_cidrs: tuple[str, ...] = ()
+    model_peers: tuple[ModelPeer, ...] = ()
+    cluster_domain: str = "cluster.local"
+    resolve_timeout_seconds: float = 5.0
+
+
+LockMode = Literal["auto", "allow", "deny"]
+
+
+@dataclass(frozen=True)
+class SandboxLocks:
+    """Which ``spec.sandbox`` fields a dispatch may set (core/locks.py). ``auto``: only while the
+    admin left the field unset; ``allow`` / ``deny``: always / never."""
+
+    runtime_class_name: LockMode = "auto"
+    image: LockMode = "auto"
+    tolerations: LockMode = "auto"
+    node_selector: LockMode = "auto"
+    affinity: LockMode = "auto"
+    # The most a dispatch may request or limit, per resource; "gpu" stands for the GPU resource.
+    max_resources: Mapping[str, str] = field(
+        default_factory=lambda: {"cpu": "4", "memory": "16Gi", "ephemeral-storage": "20Gi", "gpu": "1"}
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     sandbox: SandboxDefaults = field(default_factory=SandboxDefaults)
+    egress: EgressSettings = field(default_factory=EgressSettings)
+    locks: SandboxLocks = field(default_factory=SandboxLocks)
     status_budget_bytes: int = 32 * 1024
     diff_excerpt_bytes: int = 16 * 1024
     final_text_bytes: int = 4 * 1024
@@ -94,6 +144,79 @@ def _resources(raw: str | None) -> tuple[Mapping[str, str], Mapping[str, str]]:
     return requests, limits
 
 
+def _json_object(raw: str | None, key: str) -> dict[str, Any]:
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a JSON object")
+    return value
+
+
+def _cidrs(values: Any, key: str) -> tuple[str, ...]:
+    """CIDRs (or single addresses) in their canonical form; a bad one fails start-up, not a dispatch."""
+    try:
+        return tuple(str(ipaddress.ip_network(str(v), strict=False)) for v in values or ())
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
+def _egress(raw: str | None, service_host: str | None) -> EgressSettings:
+    """``BUILDSTUDIO_EGRESS``: the chart's ``egress`` block as JSON. ``service_host``: the API
+    server address the operator itself is given (KUBERNETES_SERVICE_HOST), always excepted."""
+    key = "BUILDSTUDIO_EGRESS"
+    value = _json_object(raw, key)
+    base = EgressSettings()
+    api = list(_cidrs(value.get("apiServerCIDRs"), f"{key}.apiServerCIDRs"))
+    if service_host:
+        with contextlib.suppress(ValueError):  # a host name: nothing to add
+            api.append(str(ipaddress.ip_network(ipaddress.ip_address(service_host))))
+    peers = tuple(
+        ModelPeer(
+            namespace=str(p["namespace"]),
+            service=str(p.get("service") or ""),
+            pod_labels={str(k): str(v) for k, v in (p.get("podSelector") or {}).items()},
+            port=int(p["port"]) if p.get("port") else None,
+        )
+        for p in value.get("modelServices") or ()
+    )
+    ports = tuple(int(p) for p in value["gitPorts"]) if "gitPorts" in value else base.git_ports
+    return EgressSettings(
+        git_ports=ports,
+        allow_cidrs=_cidrs(value.get("allowCIDRs"), f"{key}.allowCIDRs"),
+        allow_namespaces=tuple(str(n) for n in value.get("allowNamespaces") or ()),
+        node_cidrs=_cidrs(value.get("nodeCIDRs"), f"{key}.nodeCIDRs"),
+        api_server_cidrs=tuple(dict.fromkeys(api)),
+        model_peers=peers,
+        cluster_domain=str(value.get("clusterDomain") or base.cluster_domain),
+        resolve_timeout_seconds=float(value.get("resolveTimeoutSeconds") or base.resolve_timeout_seconds),
+    )
+
+
+def _locks(raw: str | None) -> SandboxLocks:
+    """``BUILDSTUDIO_SANDBOX_LOCKS``: the chart's ``sandbox.locks`` block as JSON."""
+    key = "BUILDSTUDIO_SANDBOX_LOCKS"
+    value = _json_object(raw, key)
+
+    def mode(name: str) -> LockMode:
+        got = value.get(name, "auto")
+        if got not in ("auto", "allow", "deny"):
+            raise ValueError(f"{key}.{name} must be auto|allow|deny, not {got!r}")
+        return got  # type: ignore[no-any-return]  # one of the literals, checked above
+
+    ceilings = value.get("maxResources")
+    return SandboxLocks(
+        runtime_class_name=mode("runtimeClassName"),
+        image=mode("image"),
+        tolerations=mode("tolerations"),
+        node_selector=mode("nodeSelector"),
+        affinity=mode("affinity"),
+        max_resources=SandboxLocks().max_resources
+        if ceilings is None
+        else {str(k): str(v) for k, v in ceilings.items()},
+    )
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``BUILDSTUDIO_*`` environment variables (the chart sets them)."""
     env = os.environ if env is None else env
@@ -108,6 +231,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         gpu_node_label=env.get("BUILDSTUDIO_GPU_NODE_LABEL") or base.gpu_node_label,
         gpu_toleration=env.get("BUILDSTUDIO_GPU_TOLERATION", "true").lower() != "false",
         service_account_name=env.get("BUILDSTUDIO_SANDBOX_SERVICE_ACCOUNT") or None,
+        allow_plaintext_credentials=env.get("BUILDSTUDIO_ALLOW_PLAINTEXT_CREDENTIALS", "false").lower() == "true",
+        credential_secrets=frozenset(
+            s.strip() for s in env.get("BUILDSTUDIO_CREDENTIAL_SECRETS", "").split(",") if s.strip()
+        ),
         runtime_class_name=env.get("BUILDSTUDIO_RUNTIME_CLASS") or None,
         requests=requests,
         limits=limits,
@@ -117,6 +244,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     )
     return Settings(
         sandbox=sandbox,
+        egress=_egress(env.get("BUILDSTUDIO_EGRESS"), env.get("KUBERNETES_SERVICE_HOST")),
+        locks=_locks(env.get("BUILDSTUDIO_SANDBOX_LOCKS")),
         status_patch_interval=_env_float(env, "BUILDSTUDIO_STATUS_PATCH_INTERVAL", 2.0),
         image_pull_grace_seconds=_env_float(env, "BUILDSTUDIO_IMAGE_PULL_GRACE", 120.0),
         preflight_interval=_env_float(env, "BUILDSTUDIO_PREFLIGHT_INTERVAL", 30.0),

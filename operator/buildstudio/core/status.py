@@ -7,14 +7,18 @@ status fields and ``fit_budget`` guarantees the size budget of the whole status.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from buildstudio.core.conditions import one_line, timestamp
 from buildstudio.core.settings import Settings
-from buildstudio.records import EventRecord, ProgressRecord, ResultRecord, parse_line
+from buildstudio.records import EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, parse_line
 
 EVENT_CHARS = 512
 LAST_TOOL_CHARS = 256
@@ -24,7 +28,12 @@ DIFF_MARKER = "\n# … diff truncated: {shown} of {total} bytes shown; the whole
 
 @dataclass(frozen=True)
 class LiveState:
-    """What the operator has read of one attempt's log so far."""
+    """What the operator has read of one attempt's logs so far.
+
+    Progress and events come from the working container's log (the agent's, in a build: the
+    agent's side, so informative only); ``result`` only from the reporter container's whole log,
+    read once that container has terminated. ``results`` counts result records there: more
+    than one is a conflict. ``conflict`` is set when the result fails the operator's own checks."""
 
     lines: int = 0
     malformed: int = 0
@@ -32,9 +41,17 @@ class LiveState:
     events: tuple[str, ...] = ()
     progress: ProgressRecord | None = None
     result: ResultRecord | None = None
+    results: int = 0
+    ignored_results: int = 0  # result records in a log that is not the result channel
+    conflict: str = ""
+    # The agent's own record when it was cancelled: its partial diff, shown on a dispatch that is
+    # Cancelled whatever the record says (a cancelled dispatch can never be shipped or reviewed).
+    agent_cancelled: ResultRecord | None = None
 
 
-def fold_line(state: LiveState, line: str | bytes, *, keep_events: int = 20) -> LiveState:
+def fold_line(
+    state: LiveState, line: str | bytes, *, keep_events: int = 20, accept_results: bool = True
+) -> LiveState:
     """One log line folded in. Foreign or malformed lines are counted, never fatal."""
     if not line.strip():
         return state
@@ -48,10 +65,48 @@ def fold_line(state: LiveState, line: str | bytes, *, keep_events: int = 20) -> 
         text = one_line(f"{record.type}: {record.message}", EVENT_CHARS)
         events = (*state.events, text)[-keep_events:] if keep_events > 0 else ()
         return replace(state, lines=lines, events=events, events_seen=state.events_seen + 1)
-    return replace(state, lines=lines, result=record)
+    if not accept_results:
+        cancelled = record if record.outcome is Outcome.CANCELLED else state.agent_cancelled
+        return replace(state, lines=lines, ignored_results=state.ignored_results + 1, agent_cancelled=cancelled)
+    return replace(state, lines=lines, result=state.result or record, results=state.results + 1)
 
 
-def progress_fields(state: LiveState, now: Any) -> dict[str, Any]:
+def verify_patch(patch: Patch, *, max_bytes: int = 512 * 1024 * 1024) -> str:
+    """Why the patch data does not match its own record ("" when it does): the sha256 and size
+    are recomputed from the data, inflating at most ``max_bytes`` (a gzip bomb stops there)."""
+    if not patch.data:
+        return "" if not patch.sha256 or patch.sha256 == hashlib.sha256(b"").hexdigest() else "patch data missing"
+    try:
+        raw = base64.b64decode(patch.data, validate=True)
+    except (binascii.Error, ValueError):
+        return "patch data is not base64"
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        chunk = inflater.decompress(raw, 1 << 20)
+        while True:
+            size += len(chunk)
+            if size > max_bytes:
+                return f"patch inflates past {max_bytes} bytes"
+            digest.update(chunk)
+            if not inflater.unconsumed_tail:
+                break
+            chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+        tail = inflater.flush()
+        size += len(tail)
+        digest.update(tail)
+    except zlib.error as e:
+        if not patch.truncated:
+            return f"patch data is not gzip: {e}"
+    if digest.hexdigest() != patch.sha256:
+        return f"patch sha256 {patch.sha256[:12] or 'none'} does not match its data ({digest.hexdigest()[:12]})"
+    if not patch.truncated and size != patch.bytes:
+        return f"patch size {patch.bytes} does not match its data ({size} bytes)"
+    return ""
+
+
+def progress_fields(state: LiveState, now: Any, *, reported_by: str = "agent") -> dict[str, Any]:
     """``status.progress`` and ``status.recentEvents`` from the live state."""
     fields: dict[str, Any] = {"recentEvents": list(state.events)}
     rec = state.progress
@@ -63,6 +118,7 @@ def progress_fields(state: LiveState, now: Any) -> dict[str, Any]:
             "tokens": max(rec.tokens, 0),
             "lastTool": one_line(rec.last_tool, LAST_TOOL_CHARS),
             "message": one_line(rec.message, PROGRESS_MESSAGE_CHARS),
+            "reportedBy": reported_by,
             "updatedAt": timestamp(now),
         }
     return fields
@@ -91,13 +147,20 @@ def _cost(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
 
 
-def result_fields(result: ResultRecord, settings: Settings, *, patch_cm: str) -> dict[str, Any]:
-    """The terminal record's summary, diff excerpt and final text, each bounded."""
+def result_fields(
+    result: ResultRecord, settings: Settings, *, patch_cm: str, review_of: str | None = None
+) -> dict[str, Any]:
+    """The terminal record's summary, diff excerpt and final text, each bounded.
+
+    ``review_of``: the source a review-phase dispatch names in its spec; a verdict is kept only
+    then, and for that source whatever the record says (a build's record carries none)."""
     summary = result.summary
     stat = result.diff_stat
     total = max(result.diff_bytes, len(result.diff.encode()))
     excerpt, cut = diff_excerpt(result.diff, settings.diff_excerpt_bytes, total=total, patch_cm=patch_cm)
-    review = {"review": result.review.model_dump(by_alias=True)} if result.review is not None else {}
+    review: dict[str, Any] = {}
+    if review_of and result.review is not None and result.review.source == review_of:
+        review = {"review": result.review.model_dump(by_alias=True)}
     return review | {
         "summary": {
             "steps": summary.steps,
@@ -108,6 +171,7 @@ def result_fields(result: ResultRecord, settings: Settings, *, patch_cm: str) ->
             "cost": _cost(summary.cost),
             "repairedToolCalls": summary.repaired_tool_calls,
             "durationSeconds": int(max(result.duration_seconds, 0)),
+            "reportedBy": "agent" if result.phase == "build" else "reporter",
         },
         "diffStat": stat.model_dump(by_alias=True),
         "diffSummary": f"+{stat.additions}/-{stat.deletions}",

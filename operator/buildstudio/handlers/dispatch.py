@@ -21,11 +21,16 @@ import kopf
 from pydantic import ValidationError
 
 from buildstudio.api.dispatch import IMMUTABLE_FIELDS, BuildDispatchSpec
+from buildstudio.core import egress as eg
 from buildstudio.core import machine as m
 from buildstudio.core import manifests as mf
 from buildstudio.core import names
 from buildstudio.core.conditions import RUNNING, find, parse_time
-from buildstudio.core.status import LiveState, fold_line
+from buildstudio.core.credentials import credential_refusal
+from buildstudio.core.locks import REASON as LOCKS_REASON
+from buildstudio.core.locks import check_sandbox_overrides
+from buildstudio.core.settings import Settings
+from buildstudio.core.status import LiveState, fold_line, verify_patch
 from buildstudio.core.ttl import seconds_until_expiry
 from buildstudio.gate import EngineState, GateDecision, decide, wants_repair
 from buildstudio.handlers.context import (
@@ -39,6 +44,7 @@ from buildstudio.handlers.context import (
 from buildstudio.handlers.phases import read_source, review_input, ship_decision
 from buildstudio.kube import KubeError
 from buildstudio.metrics import QUEUE_LENGTH, record_finished, record_preflight_failure
+from buildstudio.netresolve import resolve
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -46,10 +52,15 @@ PROGRESS_KEYS = frozenset({"progress", "recentEvents", "message", "reason", "obs
 LOG_RETRY_SECONDS = 1.0
 POD_RECHECK_SECONDS = 10.0
 QUEUE_RECHECK_SECONDS = 10.0  # queued dispatches wake when a slot frees, else this often
+EGRESS_REFUSED = "EgressRefused"
 
 
 def now_utc() -> datetime:
     return datetime.now(tz=UTC)
+
+
+async def _nothing() -> list[str]:
+    return []
 
 
 def parse_dispatch(body: Mapping[str, Any]) -> tuple[m.Dispatch | None, str]:
@@ -89,30 +100,80 @@ def ignored_spec_changes(diff: Any, stage: m.Stage) -> list[str]:
     return sorted(fields)
 
 
-class LogFollower:
-    """Follows one attempt's pod log into a ``LiveState``; re-attaches from the start on errors."""
+def work_container(phase: str) -> str:
+    """Whose log shows progress: the agent's in a build (its side: informative only), else the
+    reporter's (text phases run there)."""
+    return m.AGENT_CONTAINER if phase == "build" else m.REPORTER_CONTAINER
 
-    def __init__(self, ctx: OperatorContext, namespace: str, pod: str, logger: Logger) -> None:
+
+def admin_refusal(
+    d: m.Dispatch, gate: GateDecision, engines: list[EngineState], settings: Settings
+) -> tuple[str, str] | None:
+    """What the admin's rules forbid in this dispatch (the decisions are in ``core``)."""
+    engine = next((e for e in engines if e.name == gate.engine), None)
+    service = engine.spec.model_service if engine is not None else None
+    repo = d.spec.repo
+    refusal = credential_refusal(
+        namespace=d.namespace,
+        repo_url=repo.url if repo is not None else "",
+        repo_secret=repo.credentials_secret.name if repo is not None and repo.credentials_secret else None,
+        model_base_url=service.base_url if service is not None else "",
+        model_key=service is not None and service.api_key_secret is not None,
+        allowed_secrets=settings.sandbox.credential_secrets,
+        allow_plaintext=settings.sandbox.allow_plaintext_credentials,
+    )
+    if refusal is not None:
+        return (refusal.reason, refusal.message)
+    sandbox = d.spec.sandbox.to_api() if d.spec.sandbox else {}
+    override = check_sandbox_overrides(sandbox, settings.locks, settings.sandbox)
+    if override is not None:
+        return (LOCKS_REASON, override)
+    # What needs no name lookup is checked now; the resolved addresses are checked at launch.
+    egress = eg.egress_refusal(clone_url(d.spec), service.base_url if service is not None else "", settings.egress)
+    return (EGRESS_REFUSED, egress) if egress is not None else None
+
+
+def clone_url(spec: BuildDispatchSpec) -> str:
+    """The remote the sandbox clones (only a build clones): what the git egress rule is for."""
+    return spec.repo.url if spec.repo is not None and spec.phase == "build" else ""
+
+
+class LaunchRefused(Exception):
+    """A launch that may not go ahead, found before any child object exists."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class LogFollower:
+    """Follows one attempt's progress into a ``LiveState`` (re-attaching from the start on
+    errors), and reads the result once from the reporter container's whole log."""
+
+    def __init__(self, ctx: OperatorContext, namespace: str, pod: str, logger: Logger, *, container: str) -> None:
         self.ctx = ctx
         self.namespace = namespace
         self.pod = pod
+        self.container = container
         self.logger = logger
         self.live = LiveState()
         self.ended = False
+        self.result_read = False
         self.changed = asyncio.Event()
-        self.task = asyncio.create_task(self._run(), name=f"follow {namespace}/{pod}")
+        self.task = asyncio.create_task(self._run(), name=f"follow {namespace}/{pod}/{container}")
 
     async def _run(self) -> None:
         keep = self.ctx.settings.recent_events
         while not self.ended:
             live = LiveState()
             try:
-                async for line in self.ctx.kube.follow_log(self.namespace, self.pod):
-                    live = fold_line(live, line, keep_events=keep)
-                    self.live = live
-                    if live.result is not None or live.lines % 20 == 1:
+                async for line in self.ctx.kube.follow_log(self.namespace, self.pod, container=self.container):
+                    # Result records are never taken from here: only the reporter's finished log counts.
+                    live = fold_line(live, line, keep_events=keep, accept_results=False)
+                    self.live = replace(live, result=self.live.result, results=self.live.results)
+                    if live.lines % 20 == 1:
                         self.changed.set()
-                self.live = live
                 self.ended = True
                 self.changed.set()
                 return
@@ -127,19 +188,38 @@ class LogFollower:
                 self.logger.debug("log stream of %s broke: %r; re-attaching", self.pod, exc)
             await asyncio.sleep(LOG_RETRY_SECONDS)
 
-    async def read_whole(self) -> None:
-        """Last resort after the pod ended: read the log once, without following."""
+    async def read_result(self) -> bool:
+        """Read the reporter's whole log once (it has terminated); False when it could not be read."""
         try:
-            text = await self.ctx.kube.read_log(self.namespace, self.pod)
-        except KubeError:
-            text = ""
-        live = LiveState()
+            text = await self.ctx.kube.read_log(self.namespace, self.pod, container=m.REPORTER_CONTAINER)
+        except KubeError as exc:
+            self.logger.debug("reading the result log of %s failed: %r", self.pod, exc)
+            return False
+        got = LiveState()
         for line in text.splitlines():
-            live = fold_line(live, line, keep_events=self.ctx.settings.recent_events)
-        if live.lines >= self.live.lines:
-            self.live = live
+            got = fold_line(got, line, keep_events=self.ctx.settings.recent_events)
+        conflict = ""
+        if got.result is not None:
+            # The operator recomputes what it can: the patch's sha256 and size from its data.
+            conflict = await asyncio.to_thread(verify_patch, got.result.patch)
+        base = self.live
+        if self.container == m.REPORTER_CONTAINER:
+            base = got if got.lines >= base.lines else base  # text phases: the whole log is the newest
+        else:  # the reporter's own progress and events follow the agent's
+            keep = self.ctx.settings.recent_events
+            base = replace(
+                base,
+                lines=base.lines + got.lines,
+                malformed=base.malformed + got.malformed,
+                events=(*base.events, *got.events)[-keep:] if keep > 0 else (),
+                events_seen=base.events_seen + got.events_seen,
+                progress=got.progress or base.progress,
+            )
+        self.live = replace(base, result=got.result, results=got.results, conflict=conflict)
+        self.result_read = True
         self.ended = True
         self.task.cancel()
+        return True
 
     async def close(self) -> None:
         self.task.cancel()
@@ -252,8 +332,9 @@ class DispatchDriver:
                 verdict = await ship_decision(self.ctx.kube, d.namespace, source, d.spec.approval)
                 final = verdict.reason in ("SourceNotSucceeded", "NoDiff", "PatchTruncated")
                 return m.ship(d, verdict.allow, verdict.reason, verdict.message, now, settings, final=final)
-            check = await self.preflight(gate, known) if gate.admit else None
-            first = m.enter(d, gate, check, now, settings)
+            refusal = admin_refusal(d, gate, known, settings) if gate.admit else None
+            check = await self.preflight(gate, known) if gate.admit and refusal is None else None
+            first = m.enter(d, gate, check, now, settings, refusal=refusal)
             if m.stage_of(first.status) != "queued":
                 return first
             # Straight on to the queue: with a free slot, Queued and Admitted go out in one patch.
@@ -313,20 +394,25 @@ class DispatchDriver:
         return self.pod
 
     async def observe_log(self, d: m.Dispatch, pod_name: str, pod: m.PodView | None) -> bool:
-        """Start following once the container ran; say whether the log is complete."""
+        """Follow progress once the pod runs; read the result once the reporter has terminated.
+        True when everything there is to read has been read."""
         loop = asyncio.get_running_loop()
         if self.follower is None or self.follower.pod != pod_name:
             if pod is None or pod.phase == "Pending":
                 return pod is None and self.follower is None and self._pod_was_seen()
-            self.follower = LogFollower(self.ctx, d.namespace, pod_name, self.logger)
+            self.follower = LogFollower(
+                self.ctx, d.namespace, pod_name, self.logger, container=work_container(d.spec.phase)
+            )
             await asyncio.sleep(0)
-        if self.follower.ended:
+        if self.follower.result_read:
+            return True
+        if pod is not None and pod.reporter_ended and await self.follower.read_result():
             return True
         if pod is None or pod.ended or pod.deleting:
             self.pod_ended_at = self.pod_ended_at or loop.time()
             if loop.time() - self.pod_ended_at >= self.ctx.settings.result_grace_seconds:
-                if pod is not None:
-                    await self.follower.read_whole()
+                if pod is not None and pod.reporter_ended:
+                    await self.follower.read_result()
                 return True
         return False
 
@@ -362,7 +448,16 @@ class DispatchDriver:
             # baseline policy denies the pod all traffic until its own policy applies, and the
             # kubelet waits for the ConfigMap volume. Every create is idempotent (409 adopts), so
             # a failed step is retried as a whole and finds the same attempt.
-            pod, children = await self.prepare_launch(d, launch)
+            try:
+                pod, children = await self.prepare_launch(d, launch)
+            except LaunchRefused as refused:
+                step = m.refused_at_launch(
+                    replace(d, status=step.status), refused.reason, refused.message, now_utc(), self.ctx.settings
+                )
+                await self.write_status(d, step)
+                for action in step.actions:
+                    await self.act(d, action)
+                return
             await self.ctx.kube.create(pod)
             step = m.launched(step, now_utc(), d.generation)  # it exists: say so in the same write
             writes = [self.ctx.kube.create(child) for child in children()]
@@ -455,24 +550,54 @@ class DispatchDriver:
             model_api_key=model_key,
         )
 
+        repair = wants_repair(engine, action.model)
+        policy = await self.egress(owner, clone_url(d.spec), base_url)
+
         def children() -> list[dict[str, Any]]:
             runner, config = mf.sandbox_files(
                 d.spec,
                 model=action.model,
                 base_url=base_url,
                 context=action.context,
-                relay=wants_repair(engine, action.model),
-                api_key_env=mf.MODEL_API_KEY_ENV if model_key is not None else None,
+                relay=repair,
                 review=review,
             )
             return [
                 mf.config_map(owner, runner, config),
-                mf.egress_policy(owner, base_url, request.repo_url, defaults),
+                policy,
             ]
 
         # The baseline exists before the pod, so the sandbox never runs unrestricted.
         await self.ctx.baselines.ensure(d.namespace)
-        return mf.sandbox_pod(request, defaults), children
+        phase = "build" if d.spec.phase == "build" else "text"
+        return mf.sandbox_pod(request, defaults, phase=phase, relay_repair=repair and phase == "build"), children
+
+    async def egress(self, owner: mf.Owner, repo_url: str, base_url: str) -> dict[str, Any]:
+        """The attempt's egress policy: the names it needs resolved now (bounded), the rules
+        built from those addresses; ``LaunchRefused`` when no safe policy exists."""
+        settings = self.ctx.settings
+        git, model = eg.lookups(repo_url, base_url, settings.egress)
+        timeout = settings.egress.resolve_timeout_seconds
+        git_addresses, model_addresses = await asyncio.gather(
+            resolve(git.host, git.port, timeout) if git is not None else _nothing(),
+            resolve(model.host, model.port, timeout) if model is not None else _nothing(),
+        )
+        plan = eg.plan_egress(
+            repo_url, base_url, settings.egress, git_addresses=git_addresses, model_addresses=model_addresses
+        )
+        if plan.refusal is not None:
+            raise LaunchRefused(EGRESS_REFUSED, plan.refusal)
+        if plan.dropped:
+            self.logger.info("egress of %s leaves out: %s", owner.name, "; ".join(plan.dropped))
+        return eg.egress_policy(
+            owner,
+            base_url,
+            repo_url,
+            settings.sandbox,
+            settings.egress,
+            git_addresses=git_addresses,
+            model_addresses=model_addresses,
+        )
 
     def engine(self, name: str) -> EngineState | None:
         return self.engines.get(name)

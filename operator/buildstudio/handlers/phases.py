@@ -85,9 +85,14 @@ def review_input(source: Source) -> ReviewInput:
 
 
 def _review_of(obj: dict[str, Any]) -> tuple[str, ReviewFacts] | None:
+    """A review counts only from a succeeded dispatch whose spec says it is a review of the
+    source its status names: a status is written from a sandbox's record, a spec by its author."""
     status = obj.get("status") or {}
     review = status.get("review") or {}
+    spec = obj.get("spec") or {}
     if not review.get("source") or status.get("phase") != "Succeeded":
+        return None
+    if spec.get("phase") != "review" or (spec.get("source") or {}).get("dispatch") != review.get("source"):
         return None
     raw = str(review.get("verdict") or "")
     verdict = Verdict(raw) if raw in Verdict.__members__.values() else Verdict.UNCLEAR

@@ -1,6 +1,11 @@
-"""``python -m buildstudio.relay --upstream URL [--host H] [--port 0] [--port-file F]``.
+"""``python -m buildstudio.relay --upstream URL [--url-file F] [--api-key-file K] [--no-repair]``.
 
-Serves until SIGTERM/SIGINT, then prints the counters as one JSON line on stdout.
+In the sandbox pod this is the ``relay`` container: its own uid, the only holder of the model
+service's key (``--api-key-file``, a Secret volume mounted nowhere else). The engine talks to it
+on loopback with no key; it forwards to the model service with the key added, and (unless
+``--no-repair``) turns text-format tool calls into API tool calls. ``--url-file`` receives the
+relay's base URL once it listens (the agent reads it); ``--counters-file`` the repair counters
+after every request. Serves until SIGTERM/SIGINT, then prints the counters as one JSON line.
 """
 
 from __future__ import annotations
@@ -13,17 +18,40 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from buildstudio.relay.server import Relay
 
+MAX_KEY_BYTES = 16 * 1024
 
-def _write_port(path: Path, port: int) -> None:
+
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(port), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)  # readers never see a half-written file
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def read_key(path: Path) -> str:
+    raw = path.read_bytes()[: MAX_KEY_BYTES + 1]
+    if len(raw) > MAX_KEY_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_KEY_BYTES} bytes, not an API key")
+    key = raw.decode("utf-8").strip()
+    if not key or any(ch in key for ch in "\r\n"):
+        raise ValueError(f"{path}: empty, or more than one line")
+    return key
+
+
+def plaintext_refusal(upstream: str, has_key: bool, allow_plaintext: bool) -> str | None:
+    """A key is never sent over plain http unless the admin allowed it (pure)."""
+    if has_key and urlsplit(upstream).scheme != "https" and not allow_plaintext:
+        return (
+            f"refusing to send the model API key to {upstream} over plain http "
+            "(use https, or let the admin allow plaintext credentials)"
+        )
+    return None
+
+
+async def _serve(args: argparse.Namespace, api_key: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -34,27 +62,51 @@ async def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
+        repair=not args.no_repair,
+        api_key=api_key,
     )
+    counters_file = Path(args.counters_file) if args.counters_file else None
+    if counters_file is not None:
+        relay.on_counters = lambda data: write_atomic(counters_file, json.dumps(data))
     async with relay:
         if args.port_file:
-            _write_port(Path(args.port_file), relay.port)
+            write_atomic(Path(args.port_file), str(relay.port))
+        if args.url_file:
+            write_atomic(Path(args.url_file), relay.base_url)
         print(f"relay listening on {relay.base_url} -> {relay.upstream}", file=sys.stderr, flush=True)
         await stop.wait()
     print(json.dumps(relay.counters.model_dump(by_alias=True)), flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m buildstudio.relay", description=__doc__)
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m buildstudio.relay", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--upstream", required=True, help="model service base URL, e.g. http://model:8000/v1")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--port-file", help="write the bound port here once listening")
+    ap.add_argument("--url-file", help="write the relay's base URL here once listening")
+    ap.add_argument("--counters-file", help="write the repair counters here after every request")
+    ap.add_argument("--api-key-file", help="the model service's API key (added to every upstream request)")
+    ap.add_argument("--allow-plaintext-credentials", action="store_true", help="send the key over http too")
+    ap.add_argument("--no-repair", action="store_true", help="forward only; no tool-call repair")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
     ap.add_argument("--read-timeout", type=float, default=600.0, help="longest gap between upstream bytes")
     args = ap.parse_args(argv)
+    api_key = None
+    if args.api_key_file:
+        try:
+            api_key = read_key(Path(args.api_key_file))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            print(f"relay: cannot read the API key: {e}", file=sys.stderr)
+            return 2
+    refusal = plaintext_refusal(args.upstream, api_key is not None, args.allow_plaintext_credentials)
+    if refusal:
+        print(f"relay: {refusal}", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+        asyncio.run(_serve(args, api_key))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -77,11 +78,20 @@ class Relay:
         total_timeout: float = 3600.0,
         max_body: int = MAX_BODY,
         max_call_chars: int = DEFAULT_MAX_CALL_CHARS,
+        repair: bool = True,
+        api_key: str | None = None,
     ) -> None:
         self.upstream = upstream_base_url.rstrip("/")
+        # Off: a plain forwarding proxy (it still holds the credential for the engine).
+        self.repair = repair
+        # The model service's key lives only in the relay's process: the engine sends none, and
+        # whatever Authorization it sends is replaced.
+        self._auth = f"Bearer {api_key}" if api_key else None
         self.host = host
         self.port = port
         self.counters = RelayCounters()
+        # Called with the counters after every request (the sandbox's relay writes them to a file).
+        self.on_counters: Callable[[dict[str, Any]], None] | None = None
         self._timeout = aiohttp.ClientTimeout(total=total_timeout, connect=connect_timeout, sock_read=read_timeout)
         self._max_body = max_body
         self._max_call_chars = max_call_chars
@@ -134,7 +144,7 @@ class Relay:
         body = await request.read()
 
         schemas: dict[str, Any] = {}
-        if request.method == "POST" and raw_path.rstrip("/").endswith("/chat/completions"):
+        if self.repair and request.method == "POST" and raw_path.rstrip("/").endswith("/chat/completions"):
             try:
                 req = json.loads(body)
             except ValueError:
@@ -142,7 +152,12 @@ class Relay:
             if isinstance(req, dict):
                 schemas = tool_schemas(req)
         # Replies we may rewrite must arrive uncompressed; the rest keep the client's choice.
-        headers = _forward_headers(request.headers, frozenset({"accept-encoding"}) if schemas else frozenset())
+        drop = {"authorization"} if self._auth else set()
+        if schemas:
+            drop.add("accept-encoding")
+        headers = _forward_headers(request.headers, frozenset(drop))
+        if self._auth:
+            headers["Authorization"] = self._auth
         if schemas:
             headers["Accept-Encoding"] = "identity"
 
@@ -163,6 +178,11 @@ class Relay:
             return await self._reply(request, up, schemas)
         finally:
             up.release()  # a reply not read to the end closes its connection (upstream stops generating)
+            if self.on_counters is not None and schemas:
+                try:
+                    self.on_counters(self.counters.model_dump(by_alias=True))
+                except OSError as e:
+                    log.warning("relay: cannot write the counters: %s", e)
 
     async def _reply(
         self, request: web.Request, up: aiohttp.ClientResponse, schemas: dict[str, Any]

@@ -37,29 +37,35 @@ class SSEDecoder:
     """Feed bytes as they arrive; get complete events."""
 
     def __init__(self, max_event: int = MAX_EVENT) -> None:
-        self._buf = b""
+        self._buf = bytearray()
+        self._scanned = 0  # bytes at the start of _buf already searched for an event end
         self._max = max_event
 
     def feed(self, data: bytes) -> list[Event]:
-        self._buf += data
+        buf = self._buf
+        buf += data
         events: list[Event] = []
         start = 0
-        while True:
-            m = _END.search(self._buf, start)
-            if m is None:
-                break
-            raw = self._buf[start : m.end()]
+        # Only new bytes are searched (re-searching the held event per chunk is quadratic); an
+        # end (at most 4 bytes) may straddle the previous chunk's last 3 bytes.
+        pos = max(self._scanned - 3, 0)
+        while (m := _END.search(buf, pos)) is not None:
+            raw = bytes(buf[start : m.end()])
             events.append(Event(raw, event_data(raw)))
-            start = m.end()
-        self._buf = self._buf[start:]
-        if len(self._buf) > self._max:
-            events.append(Event(self._buf, None))
-            self._buf = b""
+            start = pos = m.end()
+        del buf[:start]
+        self._scanned = len(buf)
+        if len(buf) > self._max:
+            events.append(Event(bytes(buf), None))
+            buf.clear()
+            self._scanned = 0
         return events
 
     def close(self) -> bytes:
         """Bytes left over at the end of the stream (an unterminated event)."""
-        rest, self._buf = self._buf, b""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._scanned = 0
         return rest
 
 

@@ -1,4 +1,8 @@
-"""``python -m buildstudio.runner --spec FILE [--workspace DIR] [--home DIR]``: the sandbox entrypoint.
+"""``python -m buildstudio.runner clone|agent|report ...``: the sandbox pod's containers (``roles.py``).
+
+``python -m buildstudio.runner --spec FILE [--workspace DIR] [--home DIR]`` runs everything in one
+process (clone, opencode, diff, result): for engine tests and development only — the agent then
+shares the runner's uid and stdout, so this mode has no trust boundary (docs/security.md).
 
 stdout: the record protocol (``buildstudio.records``), one JSON object a line, the result last.
 Exit status: 0 when the run succeeded, 1 when it did not (the result record says why),
@@ -43,7 +47,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+ROLES = ("clone", "agent", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ROLES:  # the sandbox pod's containers (runner/roles.py)
+        from buildstudio.runner.roles import main as role_main
+
+        return role_main(argv)
     args = parse_args(argv)
     writer = RecordWriter(max_events=0, max_bytes=1 << 20, progress_interval=2.0)
     try:

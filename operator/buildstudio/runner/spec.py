@@ -14,10 +14,15 @@ class _Spec(BaseModel):
 
 
 class RepoSource(_Spec):
-    """Clone this repo at this ref into the workspace. Any git URL or local path."""
+    """Clone this repo at this ref into the workspace: a remote git URL, or a local path in local mode."""
 
     url: str = Field(min_length=1)
     ref: str = Field("", description="branch, tag or commit; empty: the remote's default branch")
+    local_paths: bool = Field(
+        False,
+        alias="localPaths",
+        description="local mode (`run --local`) only: local paths and file:// URLs are allowed",
+    )
 
 
 class RunnerTimeouts(_Spec):
@@ -48,6 +53,8 @@ class OutputBounds(_Spec):
     diff_excerpt_bytes: int = Field(16 * 1024, alias="diffExcerptBytes", ge=1024)
     patch_max_bytes: int = Field(1024 * 1024, alias="patchMaxBytes", ge=1024)
     stderr_tail_bytes: int = Field(4096, alias="stderrTailBytes", ge=0)
+    # The reporter copies the workspace (without any .git) before diffing it: at most this much.
+    copy_max_bytes: int = Field(4 * 1024**3, alias="copyMaxBytes", ge=1024 * 1024)
 
 
 class ReviewInput(_Spec):

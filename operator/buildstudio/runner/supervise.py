@@ -95,8 +95,11 @@ class Supervisor:
         writer: RecordWriter,
         base_env: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        capture_diff: bool = True,
     ) -> None:
         self.spec = spec
+        # False in the sandbox's agent container: the reporter, another uid, recomputes the diff.
+        self.capture_diff = capture_diff
         self.ws = ws
         self.home = home
         self.opencode_bin = opencode_bin
@@ -256,7 +259,8 @@ class Supervisor:
             return None
         self.state.opencode_started = self.clock()
         self.progress(force=True, message="opencode started")
-        self._gitdiff()  # start importing it now, while the runner only waits
+        if self.capture_diff:
+            self._gitdiff()  # start importing it now, while the runner only waits
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
             asyncio.ensure_future(self._read_stdout(proc.stdout)),
@@ -337,6 +341,13 @@ class Supervisor:
         return self._gitdiff_import
 
     async def _finish(self, base: str, *, exit_code: int | None) -> records.ResultRecord:
+        diff: gitdiff.DiffResult | None = None
+        diff_error = ""
+        if self.capture_diff or self.state.cancelled:  # cancelled: no reporter will run after us
+            diff, diff_error = await self._capture(base)
+        return self._judge(base, exit_code, diff, diff_error)
+
+    async def _capture(self, base: str) -> tuple[gitdiff.DiffResult | None, str]:
         self.state.stage = "diffing"
         self.progress(force=True, message="capturing the diff")
         gd = await self._gitdiff()
@@ -360,6 +371,11 @@ class Supervisor:
             )
         except Exception as e:  # the result record must still be printed
             diff_error = f"diff capture failed: {e}"
+        return diff, diff_error
+
+    def _judge(
+        self, base: str, exit_code: int | None, diff: gitdiff.DiffResult | None, diff_error: str
+    ) -> records.ResultRecord:
         if self.start_error:
             return self._result(records.Outcome.ENGINE_FAILED, self.start_error, exit_code, base, diff)
         stop = self.state.stop.trip.value if self.state.stop else None
@@ -377,6 +393,9 @@ class Supervisor:
             message = f"{message}; opencode stderr: {one_line(tail, 600)}"
         if diff_error:
             message = f"{message}; {diff_error}"
+            if not self.state.cancelled:
+                # The edits may be on disk: never report a failed capture as NoChanges.
+                outcome = records.Outcome.DIFF_CAPTURE_FAILED
         return self._result(outcome, message, exit_code, base, diff)
 
     def _result(
@@ -412,10 +431,19 @@ class Supervisor:
 
 
 async def supervise(
-    spec: RunnerSpec, *, ws: Path, home: Path, opencode_bin: str, writer: RecordWriter
+    spec: RunnerSpec,
+    *,
+    ws: Path,
+    home: Path,
+    opencode_bin: str,
+    writer: RecordWriter,
+    capture_diff: bool = True,
+    base_env: dict[str, str] | None = None,
 ) -> records.ResultRecord:
     """Run once and print every record, the result last; returns the result."""
-    sup = Supervisor(spec, ws=ws, home=home, opencode_bin=opencode_bin, writer=writer)
+    sup = Supervisor(
+        spec, ws=ws, home=home, opencode_bin=opencode_bin, writer=writer, capture_diff=capture_diff, base_env=base_env
+    )
     try:
         result = await sup.run()
     except Exception as e:  # a bug in the runner: still end everything and print a result
