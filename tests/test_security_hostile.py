@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,12 @@ from buildstudio.localrun import isolation_prefix
 from tests.runner_harness import REPO_ROOT
 
 HOSTILE = REPO_ROOT / "tests" / "fixtures" / "hostile" / "opencode"
-PARENT_SECRETS = {"BUILDSTUDIO_GIT_TOKEN": "SECRET-git-token", "OPENAI_API_KEY": "SECRET-openai-key"}
+# Fresh values each run: they exist only in the CLI's environment, never in a file (this source
+# included) that the agent, which runs as the user in local mode, may read.
+PARENT_SECRETS = {
+    "BUILDSTUDIO_GIT_TOKEN": f"SECRET-git-{secrets.token_hex(8)}",
+    "OPENAI_API_KEY": f"SECRET-openai-{secrets.token_hex(8)}",
+}
 
 
 def run_local(tmp_path: Path, prompt: str) -> subprocess.CompletedProcess[str]:

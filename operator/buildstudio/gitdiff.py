@@ -40,7 +40,7 @@ from typing import Any
 
 import git
 
-from buildstudio.records import DiffStat, Patch
+from buildstudio.records import DiffStat, Patch, ResultRecord
 
 EXCERPT_BYTES = 16 * 1024
 PATCH_CAP_BYTES = 768 * 1024  # compressed; base64 makes it ≈ 1 MiB, the ConfigMap limit
@@ -90,6 +90,14 @@ class DiffResult:
     # files are in the diff as ordinary files), and special files (FIFOs, sockets, devices) left out.
     nested_repos: tuple[str, ...] = ()
     special_files: tuple[str, ...] = ()
+
+    def fill(self, rec: ResultRecord) -> None:
+        """Put this diff into a result record (its diff fields only)."""
+        rec.diff_stat = self.stat
+        rec.diff = self.excerpt
+        rec.diff_bytes = self.bytes
+        rec.diff_truncated = self.excerpt_truncated
+        rec.patch = self.patch
 
 
 # --------------------------------------------------------------------------- pure parts

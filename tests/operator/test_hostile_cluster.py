@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import secrets
 from typing import Any
 
 import pytest
@@ -22,8 +23,9 @@ from tests.operator.gitserver import served_repo, settings_for
 from tests.runner_harness import REPO_ROOT
 
 HOSTILE = REPO_ROOT / "tests" / "fixtures" / "hostile" / "opencode"
-GIT_TOKEN = "SECRET-git-token-in-cluster"
-MODEL_KEY = "SECRET-model-key-in-cluster"
+# Fresh values each run: they exist only in the Secrets, never in a file the agent could find.
+GIT_TOKEN = f"SECRET-git-{secrets.token_hex(8)}"
+MODEL_KEY = f"SECRET-model-{secrets.token_hex(8)}"
 
 
 def _secret(name: str, value: str) -> dict[str, Any]:

@@ -257,7 +257,7 @@ def build_result(
         diff_error=diff_error,
         workspace_error=workspace_error,
     )
-    nested = getattr(diff, "nested_repos", ()) if diff is not None else ()
+    nested = [n.removesuffix("/.git") for n in diff.nested_repos] if diff is not None else []
     if nested:
         shown = ", ".join(nested[:10]) + (f" and {len(nested) - 10} more" if len(nested) > 10 else "")
         message = f"{message}; nested repositories captured as plain files: {shown}"
@@ -277,11 +277,9 @@ def build_result(
         agent_claim=rec.outcome.value if rec is not None else "",
     )
     if diff is not None:
-        result.diff_stat = diff.stat
-        result.diff = diff.excerpt
-        result.diff_bytes = diff.bytes
-        result.diff_truncated = diff.excerpt_truncated
-        result.patch = diff.patch
+        diff.fill(result)
+    if diff is not None and diff.special_files:
+        result.message += f"; special files left out: {', '.join(diff.special_files[:10])}"
     return result
 
 

@@ -422,11 +422,7 @@ class Supervisor:
             replay=self.spec.replay,
         )
         if diff is not None:
-            rec.diff_stat = diff.stat
-            rec.diff = diff.excerpt
-            rec.diff_bytes = diff.bytes
-            rec.diff_truncated = diff.excerpt_truncated
-            rec.patch = diff.patch
+            diff.fill(rec)
         return rec
 
 
