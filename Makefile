@@ -8,7 +8,7 @@ OPENCODE := .tools/opencode/node_modules/.bin/opencode
 export OPENCODE_BIN := $(abspath $(OPENCODE))
 export PATH := $(abspath .tools/bin):$(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test lint crds e2e bench clean
+.PHONY: setup demo test lint crds e2e bench clean images
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,9 @@ e2e: setup
 	bash hack/e2e-kind.sh
 
 controlplane control-plane: ; bash hack/build-control-plane.sh  # etcd + kube-apiserver + kube-controller-manager, cached by version
+
+## Both images with buildah (no Docker engine, no registry): OCI archives in .tools/images/; bases cached in ~/.cache.
+images: ; bash hack/build-images.sh
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

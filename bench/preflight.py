@@ -2,22 +2,30 @@
 
 Prints: requests reaching the server for 100 simultaneous dispatches on one endpoint (goal 1),
 p50/p95 of a warm verdict (cache hit + decide) and of a cold probe, and the time to an
-`EndpointUnreachable` verdict for a refused port and for a blackholed connect.
-Figures only; nothing here asserts timings.
+`EndpointUnreachable` verdict (min/median/max) for each way an endpoint can hang: a refused port,
+a black-holed SYN, an accept that never answers (plain and TLS), headers then a stalled body, a
+body that drips, a name that does not resolve. Figures only; nothing here asserts timings.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
+import os
+import statistics
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 from aiohttp import web
 
 from buildstudio.preflight import PreflightCache, ProbeTarget, decide, probe
 from buildstudio.preflight.probe import new_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared hang servers live in tests/
+
+from tests.preflight.hangs import HANG_CASES, hung_endpoint
 
 MODEL = "qwen3-coder"
 LISTING = {
@@ -100,46 +108,38 @@ async def latencies(client: httpx.AsyncClient) -> None:
         await runner.cleanup()
 
 
-async def unreachable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    refused: list[float] = []
-    for _ in range(20):
-        started = time.perf_counter()
-        verdict = decide(await probe(ProbeTarget(f"http://127.0.0.1:{port}/v1"), MODEL))
-        refused.append(time.perf_counter() - started)
-    print(f"EndpointUnreachable, refused port: {fmt_ms(refused)} -> {verdict.reason}")
-
-    # Blackhole: a listener with a full accept queue that never accepts; Linux drops further SYNs.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        for _ in range(8):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
-        try:
-            started = time.perf_counter()
-            obs = await probe(ProbeTarget(f"http://127.0.0.1:{port}/v1"), MODEL)  # default connect_timeout 2.0 s
-            elapsed = time.perf_counter() - started
-        finally:
-            for filler in fillers:
-                filler.close()
-    print(
-        f"EndpointUnreachable, blackholed connect (connect_timeout 2.0 s): {elapsed:.3f} s "
-        f"-> {decide(obs).reason} ({obs.failure})"
+def spread(samples: list[float]) -> str:
+    return (
+        f"min {min(samples):.3f} s, median {statistics.median(samples):.3f} s, max {max(samples):.3f} s "
+        f"(n={len(samples)})"
     )
 
 
+async def hangs(repeats: int) -> None:
+    """Time to a verdict for every way an endpoint can hang, with the default bounds."""
+    target = ProbeTarget("x")
+    print(
+        f"hung endpoints: time to verdict (connect {target.connect_timeout} s, read {target.read_timeout} s, "
+        f"whole probe {target.total_timeout} s; goal <= 2.5 s; was 5.2 s for accept-silent)"
+    )
+    for case in HANG_CASES:
+        took: list[float] = []
+        for _ in range(repeats):
+            async with hung_endpoint(case) as url:
+                started = time.perf_counter()
+                obs = await probe(ProbeTarget(url), MODEL)
+                took.append(time.perf_counter() - started)
+        verdict = decide(obs)
+        met = "met" if max(took) <= 2.5 else "MISSED"
+        print(f"  {case:<19} {spread(took)} -> {verdict.reason} ({obs.failure}) goal {met}")
+
+
 async def main() -> None:
+    print(f"host load (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores")
     async with new_client() as client:
         await coalescing(client)
         await latencies(client)
-    await unreachable()
+    await hangs(int(os.environ.get("PREFLIGHT_BENCH_REPEATS", "5")))
 
 
 if __name__ == "__main__":

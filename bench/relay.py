@@ -1,10 +1,15 @@
-"""Benchmark the tool-call repair relay: added latency to first byte, per-chunk cost, throughput.
+"""Benchmark the tool-call repair relay: added latency to first byte, per-chunk cost, throughput,
+and the silence a client sees while a long text-format tool call streams (issue #18).
 
-    .venv/bin/python bench/relay.py [--chunks 4000] [--requests 40]
+    .venv/bin/python bench/relay.py [--chunks 4000] [--requests 40] [--repeats 15]
 
 Three processes on loopback, as in a sandbox: a raw SSE upstream (this file, ``--upstream``),
 the relay (``python -m buildstudio.relay``) and the client (this process). Each figure compares
-the same request sent directly to the upstream and through the relay. Prints figures only.
+the same request sent directly to the upstream and through the relay. The silence figures
+count, as the issue did, upstream chunks of a long ``write`` call that produce no downstream
+byte, before (calls held until they close) and after (calls streamed as tool_calls deltas),
+over replies cut at random token-sized points; then the longest wall-clock gap between
+downstream reads with a paced upstream, direct vs relay. Prints figures only.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import statistics
 import sys
 import tempfile
@@ -56,7 +63,23 @@ def payloads(chunks: int) -> dict[str, list[bytes]]:
         "I'll write the file.\n<tool_call>\n<function=write>\n<parameter=filePath>\n/w/big.py\n</parameter>\n"
         f"<parameter=content>\n{code}\n</parameter>\n</function>\n</tool_call>"
     )
-    return {"hello": stream_events("Hello.", 8), "text": stream_events(prose, 4), "call": stream_events(call, 4)}
+    paced = call_reply(code[:1600])
+    return {
+        "hello": stream_events("Hello.", 8),
+        "text": stream_events(prose, 4),
+        "call": stream_events(call, 4),
+        "paced": stream_events(paced, 4),
+    }
+
+
+PACE = 0.005  # seconds between upstream events of the "paced" reply
+
+
+def call_reply(code: str) -> str:
+    return (
+        "I'll write the file.\n<tool_call>\n<function=write>\n<parameter=filePath>\n/w/big.py\n</parameter>\n"
+        f"<parameter=content>\n{code}\n</parameter>\n</function>\n</tool_call>"
+    )
 
 
 # -- upstream process ----------------------------------------------------------------------
@@ -71,6 +94,8 @@ async def _serve_upstream(port_file: Path, chunks: int) -> None:
         await resp.prepare(request)
         for ev in data[body["bench"]]:
             await resp.write(ev)  # one write per event, as a token-streaming server does
+            if body["bench"] == "paced":
+                await asyncio.sleep(PACE)
         await resp.write_eof()
         return resp
 
@@ -156,12 +181,82 @@ async def bench(args: argparse.Namespace) -> None:
                 )
             _, _, body = await one(s, via, "call")
             assert b'"tool_calls"' in body and b'"finish_reason":"tool_calls"' in body, "call was not repaired"
+            gaps = {base: [await longest_gap(s, base) for _ in range(args.repeats // 3 or 1)] for base in (direct, via)}
+            n_paced = len(payloads(args.chunks)["paced"])
+            print(
+                f"longest gap between downstream reads, write call of {n_paced} events paced {PACE * 1e3:.0f} ms "
+                f"apart:\n    direct {spread(gaps[direct], 1e3, 'ms')}\n    relay  {spread(gaps[via], 1e3, 'ms')}"
+            )
     finally:
         for p in (relay, up):
             if p is not None and p.returncode is None:
                 p.terminate()
                 await asyncio.wait_for(p.wait(), timeout=10)
     in_process(args.chunks)
+    silence(args.chunks, args.repeats)
+
+
+async def longest_gap(session: aiohttp.ClientSession, base: str) -> float:
+    """Seconds of the longest wait between two reads of the paced call's body (after the first byte)."""
+    body = {"model": "qwen3-coder", "messages": [], "stream": True, "tools": [WRITE_TOOL], "bench": "paced"}
+    async with session.post(base + "/chat/completions", json=body) as r:
+        await r.content.readany()
+        last, worst = time.perf_counter(), 0.0
+        while await r.content.readany():
+            now = time.perf_counter()
+            worst, last = max(worst, now - last), now
+    return worst
+
+
+def spread(values: list[float], scale: float = 1.0, unit: str = "") -> str:
+    v = [x * scale for x in values]
+    return f"min {min(v):.4g}{unit}  median {statistics.median(v):.4g}{unit}  max {max(v):.4g}{unit}  (n={len(v)})"
+
+
+def _longest(flags: list[bool]) -> int:
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
+
+
+def silence(chunks: int, repeats: int) -> None:
+    """The issue's measure, in process: upstream chunks of a long write call with no downstream byte."""
+    from buildstudio.relay.counters import RelayCounters
+    from buildstudio.relay.rewrite import StreamRewriter
+
+    schemas = {"write": WRITE_TOOL["function"]["parameters"]}  # type: ignore[index]
+    code = ("def f(x):\n    return x < 3 and '</div>' or x > 1\n" * (chunks // 12 + 1))[: chunks * 4]
+    reply = call_reply(code)
+    rng = random.Random(18)
+    replies = []
+    for _ in range(repeats):  # cut where a tokenizer might: 1 to 8 characters per chunk
+        cuts, at = [], 0
+        while at < len(reply):
+            step = rng.randint(1, 8)
+            cuts.append(reply[at : at + step])
+            at += step
+        replies.append([_event({"role": "assistant", "content": ""})] + [_event({"content": c}) for c in cuts])
+    print(
+        f"silence while a {len(code)}-char write call streams ({repeats} replies cut at random 1-8 chars per "
+        "chunk; seconds assume a slow 20 chunks/s):"
+    )
+    for label, stream in (("before (held until it closes)", False), ("after (streamed)", True)):
+        silent, share, run, no_event = [], [], [], []
+        for evs in replies:
+            rw = StreamRewriter(schemas, RelayCounters(), stream_calls=stream)
+            outs = [rw.feed(ev) for ev in evs]
+            outs.append(rw.feed(_event({}, "stop")) + rw.close())
+            assert b'"finish_reason":"tool_calls"' in outs[-1]
+            silent.append(sum(not o for o in outs))
+            share.append(silent[-1] / len(outs) * 100)
+            run.append(_longest([not o for o in outs]))
+            no_event.append(_longest([b"data:" not in o for o in outs]))
+        print(f"  {label}")
+        print(f"    chunks with no downstream byte      {spread(silent)}  = {spread(share, unit=' %')}")
+        print(f"    longest run of such chunks          {spread(run)}  = {spread(run, 0.05, ' s')}")
+        print(f"    longest run without a data event    {spread(no_event)}  = {spread(no_event, 0.05, ' s')}")
 
 
 def in_process(chunks: int) -> None:
@@ -171,7 +266,7 @@ def in_process(chunks: int) -> None:
 
     schemas = {"write": WRITE_TOOL["function"]["parameters"]}  # type: ignore[index]
     for kind, evs in payloads(chunks).items():
-        if kind == "hello":
+        if kind in ("hello", "paced"):
             continue
         best = float("inf")
         for _ in range(5):
@@ -188,8 +283,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, default=4000)
     ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=15, help="replies per silence figure")
     ap.add_argument("--upstream", help=argparse.SUPPRESS)  # internal: run as the upstream process
     args = ap.parse_args()
+    if not args.upstream:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"host load (1/5/15 min): {load}, {os.cpu_count()} cores")
     if args.upstream:
         asyncio.run(_serve_upstream(Path(args.upstream), args.chunks))
         return

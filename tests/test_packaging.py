@@ -813,7 +813,7 @@ def _project_requirements() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
 
 
-RUNNER_DEPENDENCIES = {"pydantic", "gitpython", "pyyaml", "aiohttp", "httpx"}
+RUNNER_DEPENDENCIES = {"pydantic", "gitpython", "pyyaml", "aiohttp", "httpx", "orjson"}
 
 
 def test_sandbox_pins_satisfy_pyproject_and_leave_out_the_operator_stack() -> None:

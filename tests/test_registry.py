@@ -75,7 +75,7 @@ def test_engines_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "opencode  local" in out and "qwen3-coder(strong)" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_broken(lambda d: d["engines"][1]["spec"].pop("command"))))
-    assert main(["engines", "-f", str(bad)]) == 1
+    assert main(["engines", "-f", str(bad)]) == 2  # invalid input: EXIT_USAGE
     assert "engines[1] (claude): spec.command: Field required" in capsys.readouterr().err
     assert main(["engines", "-o", "yaml"]) == 0
     objs = list(yaml.safe_load_all(capsys.readouterr().out))

@@ -123,6 +123,6 @@ async def test_text_format_tool_call_is_not_executed(tmp_path: Path) -> None:
         "<parameter=content>\nprint(1)\n</parameter>\n</function>\n</tool_call>"
     )
     res = await scripted_run(tmp_path, [{"text": markup}])
-    assert res.outcome is Outcome.NO_CHANGES, res.message
+    assert res.outcome is Outcome.TOOL_CALLS_NOT_EXECUTED, res.message
     assert "text-format tool call" in res.message
     assert not (tmp_path / "ws" / "x.py").exists()

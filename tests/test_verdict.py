@@ -45,8 +45,8 @@ CASES: list[tuple[str, RunSummary, int | None, str | None, DiffStat, bool, Outco
         None,
         NO_DIFF,
         False,
-        Outcome.NO_CHANGES,
-        ["text-format tool call"],
+        Outcome.TOOL_CALLS_NOT_EXECUTED,
+        ["text-format tool call", "--relay on", "tool parser"],
     ),
     (
         "no-changes-tool-errors",
@@ -56,7 +56,7 @@ CASES: list[tuple[str, RunSummary, int | None, str | None, DiffStat, bool, Outco
         NO_DIFF,
         False,
         Outcome.NO_CHANGES,
-        ["2 tool errors, 1 invalid tool calls"],
+        ["2 tool errors, 1 invalid tool call"],
     ),
     (
         "truncated",
@@ -217,7 +217,7 @@ FIXTURE_CASES: list[tuple[str, int | None, str | None, DiffStat, Outcome]] = [
     ("bash-tool-timeout-120s.jsonl", 0, None, DiffStat(files=1, additions=1), Outcome.COMPLETED),
     ("tools-read-edit-error-bash.jsonl", 0, None, NO_DIFF, Outcome.NO_CHANGES),
     ("reasoning-thinking-flag.jsonl", 0, None, NO_DIFF, Outcome.NO_CHANGES),
-    ("text-format-toolcall-not-parsed.jsonl", 0, None, NO_DIFF, Outcome.NO_CHANGES),
+    ("text-format-toolcall-not-parsed.jsonl", 0, None, NO_DIFF, Outcome.TOOL_CALLS_NOT_EXECUTED),
     ("outside-git-repo.jsonl", 0, None, DiffStat(files=1, additions=1), Outcome.COMPLETED),
     ("model-404.jsonl", 1, None, NO_DIFF, Outcome.MODEL_ERROR),
     ("server-500.jsonl", 1, None, NO_DIFF, Outcome.MODEL_ERROR),

@@ -1,4 +1,9 @@
-"""`buildstudio` console script: one small entry point, subcommands in their own modules."""
+"""Build Studio: run coding tasks with your own local LLM, here (`run --local`) or on a cluster.
+
+  buildstudio run --local --model-server replay:examples/replays/add-subtract.json   # try it, no model needed
+  buildstudio run --local --repo . --prompt "Add a subtract function to calc.py"    # a local model service
+  buildstudio submit "Fix the flaky test" --repo https://git.example/r.git -w       # a cluster (kubeconfig)
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from buildstudio import __version__
+from buildstudio.clierrors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, describe, one_line
 
 # Modules that add their own subcommands through `register(subparsers)`.
 SUBCOMMAND_MODULES = (
@@ -67,8 +73,11 @@ def _cmd_engines(args: argparse.Namespace) -> int:
     try:
         entries = registry.load(Path(args.file) if args.file else None)
     except registry.RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"buildstudio: invalid engine registry: {one_line(str(exc), 1000)}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check:
+        print(f"{len(entries)} engines valid (the CRD's models and CEL rules)")
+        return 0
     if args.output in ("yaml", "json"):
         objs: list[dict[str, Any]] = [registry.as_object(e) for e in entries]
         print(yaml.safe_dump_all(objs, sort_keys=False) if args.output == "yaml" else json.dumps(objs, indent=2))
@@ -132,9 +141,23 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (its subparsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {one_line(message)}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="buildstudio", description=__doc__)
+    parser = Parser(
+        prog="buildstudio",
+        description=__doc__,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"buildstudio {__version__}")
+    # Read by main() from anywhere on the command line; declared here for --help.
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("crds", help="generate the CRDs from the API models")
@@ -145,11 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("engines", help="validate and print the engine registry")
     p.add_argument("-f", "--file", help="registry file (default engines/build-engines.yaml)")
-    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table", help="output format")
+    p.add_argument("--check", action="store_true", help="only validate: exit 0 when valid, 2 otherwise")
     p.set_defaults(func=_cmd_engines)
 
     p = sub.add_parser("explain", help="describe a CRD field, like `kubectl explain`")
-    p.add_argument("field", help="e.g. builddispatch.spec.timeouts")
+    p.add_argument("field", help="KIND.path, e.g. builddispatch.spec.timeouts (bd and be work too)")
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("operator", help="run the kopf operator")
@@ -158,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peering", help="kopf peering object name (several replicas, one active)")
     p.add_argument("--priority", type=int, default=0, help="kopf peering priority of this replica")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="kopf's verbose logging")
     p.set_defaults(func=_cmd_operator)
 
     for name in SUBCOMMAND_MODULES:
@@ -173,8 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    """Every error is one line on stderr with a documented exit code; ``--debug`` (anywhere on the
+    command line) lets the traceback through instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except Exception as exc:
+        if debug:
+            raise
+        code, line = describe(exc)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        code, line = EXIT_INTERRUPTED, "interrupted"
+    print(f"buildstudio: {line}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class Outcome(enum.StrEnum):
     WORKSPACE_ERROR = "WorkspaceError"  # clone failed / not a git repo
     RUNNER_ERROR = "RunnerError"  # bug or unexpected failure in the runner itself
     DIFF_CAPTURE_FAILED = "DiffCaptureFailed"  # the work could not be diffed: a failure, never NoChanges
+    TOOL_CALLS_NOT_EXECUTED = "ToolCallsNotExecuted"  # final text holds tool calls nobody ran
 
     @property
     def succeeded(self) -> bool:
@@ -116,6 +117,16 @@ class ReviewRecord(_Record):
     diff_sha256: str = Field("", alias="diffSha256")
 
 
+class PushRecord(_Record):
+    """A ship pod's push: the branch and commit it left on the remote, or why it could not."""
+
+    reason: str  # Pushed | PushAuthFailed | PushRejected | RemoteUnreachable | PatchMismatch | ...
+    branch: str = ""
+    commit: str = ""
+    remote: str = ""
+    pull_request_url: str = Field("", alias="pullRequestUrl")
+
+
 class ProgressRecord(_Record):
     kind: Literal["progress"] = "progress"
     v: int = SCHEMA_VERSION
@@ -155,6 +166,7 @@ class ResultRecord(_Record):
     replay: bool = False  # true when the model's words were canned (replay model server)
     phase: str = "build"  # ideate | plan | build | review
     review: ReviewRecord | None = None  # review phase only
+    push: PushRecord | None = None  # ship phase only
     # The outcome the agent's side claimed (informative; the reporter decided ``outcome``).
     agent_claim: str = Field("", alias="agentClaim")
 

@@ -21,6 +21,10 @@ WATCHDOG_OUTCOMES: dict[str, Outcome] = {
 EXIT_TIMER = "exit-timer"
 # Markup of a qwen3-coder style tool call that reached opencode as plain text (not executed).
 TEXT_TOOL_CALL_MARKERS = ("<tool_call>", "<function=")
+TOOL_CALL_ADVICE = (
+    "turn the tool-call repair relay on (`--relay on`, or the engine's toolCallRepair), or fix the model"
+    " server's tool parser (e.g. vLLM --enable-auto-tool-choice --tool-call-parser qwen3_coder)"
+)
 ERROR_OUTCOMES: dict[str, Outcome] = {
     "APIError": Outcome.MODEL_ERROR,
     "ContextOverflowError": Outcome.CONTEXT_OVERFLOW,
@@ -28,12 +32,17 @@ ERROR_OUTCOMES: dict[str, Outcome] = {
 }
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 file``, ``2 files`` (``words``: an irregular plural)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
 def _stats(s: RunSummary) -> str:
-    return f"{s.steps} steps, {s.tool_calls} tool calls, {s.tokens.total} tokens"
+    return f"{plural(s.steps, 'step')}, {plural(s.tool_calls, 'tool call')}, {plural(s.tokens.total, 'token')}"
 
 
 def _diff(d: DiffStat) -> str:
-    text = f"{d.files} files changed (+{d.additions} -{d.deletions}"
+    text = f"{plural(d.files, 'file')} changed (+{d.additions} -{d.deletions}"
     return text + (f", {d.binary_files} binary)" if d.binary_files else ")")
 
 
@@ -63,13 +72,18 @@ def _judge_terminal(s: RunSummary, diff: DiffStat, note: str) -> tuple[Outcome, 
             Outcome.TRUNCATED,
             f"model output hit its token limit (finish reason 'length') after {_stats(s)}; {_diff(diff)}{note}",
         )
+    if looks_like_text_tool_call(s.final_text):
+        # opencode exits 0 after printing such a call as text: a success here would be a lie.
+        return (
+            Outcome.TOOL_CALLS_NOT_EXECUTED,
+            f"the final text looks like a text-format tool call that was never executed ({_diff(diff)}, after"
+            f" {_stats(s)}){note}; {TOOL_CALL_ADVICE}",
+        )
     if diff.files > 0:
         return Outcome.COMPLETED, f"{_diff(diff)} in {_stats(s)}{note}"
     msg = f"finished with no changes to the repository after {_stats(s)}"
-    if looks_like_text_tool_call(s.final_text):
-        msg += "; the final text looks like a text-format tool call that was never executed"
     if s.tool_errors or s.invalid_tool_calls:
-        msg += f"; {s.tool_errors} tool errors, {s.invalid_tool_calls} invalid tool calls"
+        msg += f"; {plural(s.tool_errors, 'tool error')}, {plural(s.invalid_tool_calls, 'invalid tool call')}"
     return Outcome.NO_CHANGES, msg + note
 
 

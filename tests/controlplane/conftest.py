@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from buildstudio import pins
 
-from .controlplane import KUBECTL, ControlPlane, missing
+from .controlplane import KUBECTL, REPO_ROOT, ControlPlane, crd_names, missing
 
 _STARTED: list[ControlPlane] = []
 
@@ -37,6 +38,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: ControlPlane) -> subprocess.CompletedProcess[str]:
+    """crds/ applied server-side and Established."""
+    applied = control_plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    control_plane.kubectl("wait", "--for=condition=Established", "crd", *crd_names(), "--timeout=60s")
+    return applied
 
 
 @pytest.fixture(scope="session")

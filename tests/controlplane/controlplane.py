@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from buildstudio import pins
 
@@ -46,6 +47,14 @@ def binaries() -> dict[str, Path]:
 
 def missing() -> list[Path]:
     return [p for p in binaries().values() if not os.access(p, os.X_OK)]
+
+
+def crd_names() -> list[str]:
+    """The names of the CRDs in crds/."""
+    import yaml
+
+    return [d["metadata"]["name"] for path in sorted((REPO_ROOT / "crds").glob("*.yaml"))
+            for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def free_port() -> int:
@@ -88,6 +97,17 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -
     return path
 
 
+# Every request of a workload ServiceAccount (the operator's, the tests' own), with its user and response
+# code: how a test proves the operator met no 403, or exactly which one. The controllers' accounts
+# (kube-system) and the admin are not logged.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+              {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+              {"level": "None"}],
+}
+
+
 @dataclasses.dataclass
 class ControlPlane:
     workdir: Path
@@ -127,6 +147,8 @@ class ControlPlane:
                           f"{kcm_token},system:kube-controller-manager,kcm-uid\n")
         tokens.chmod(0o600)
         self.server = f"https://127.0.0.1:{api_port}"
+        audit_policy = self.workdir / "audit-policy.json"
+        audit_policy.write_text(json.dumps(AUDIT_POLICY))
         t0 = time.monotonic()
         self._spawn("kube-apiserver", [
             str(bins["kube-apiserver"]), f"--etcd-servers={etcd_url}",
@@ -139,6 +161,7 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--api-audiences=https://kubernetes.default.svc.cluster.local", "--profiling=false", "--v=1",
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}",
         ])
         self._wait("kube-apiserver", lambda: self._http_ok(f"{self.server}/readyz", self.admin_token), ready_timeout)
         self.timings["kube-apiserver"] = time.monotonic() - t0
@@ -208,6 +231,17 @@ class ControlPlane:
             del self.processes[name]
 
     # ---- using
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def audit_events(self, user: str) -> list[dict[str, Any]]:
+        """The audit events (stage ResponseComplete) of `user`, oldest first."""
+        if not self.audit_log.exists():
+            return []
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip())
+        return [e for e in events if e.get("stage") == "ResponseComplete" and e["user"]["username"] == user]
+
     def env(self) -> dict[str, str]:
         """The environment for kubectl (or any client reading KUBECONFIG) against this control plane."""
         return dict(os.environ, KUBECONFIG=str(self.kubeconfig), KUBECACHEDIR=str(self.workdir / "kubecache"))

@@ -21,7 +21,7 @@ import yaml
 
 from tests import crdcheck
 
-from .controlplane import KUBECTL, REPO_ROOT, ControlPlane
+from .controlplane import KUBECTL, REPO_ROOT, ControlPlane, crd_names
 
 pytestmark = pytest.mark.controlplane
 
@@ -37,7 +37,7 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 
 def _crd_names() -> list[str]:
-    return [d["metadata"]["name"] for p in sorted(CRDS.glob("*.yaml")) for d in _docs(p)]
+    return crd_names()
 
 
 def _crd_schema(kind: str) -> dict[str, Any]:
@@ -46,13 +46,6 @@ def _crd_schema(kind: str) -> dict[str, Any]:
         if crd["spec"]["names"]["kind"] == kind:
             return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
     raise KeyError(kind)
-
-
-@pytest.fixture(scope="session")
-def crds(control_plane: ControlPlane) -> subprocess.CompletedProcess[str]:
-    applied = control_plane.kubectl("apply", "--server-side", "-f", str(CRDS))
-    control_plane.kubectl("wait", "--for=condition=Established", "crd", *_crd_names(), "--timeout=60s")
-    return applied
 
 
 @pytest.fixture

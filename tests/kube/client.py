@@ -70,12 +70,14 @@ def kubeconfig_text(url: str) -> str:
 class Kube:
     """HTTP helpers over the emulator for test bodies. Methods raise ApiError on non-2xx."""
 
-    def __init__(self, emulator: Emulator, url: str, kubeconfig: pathlib.Path,
-                 http: httpx.AsyncClient) -> None:
-        self.emulator = emulator
+    def __init__(self, emulator: Emulator | None, url: str, kubeconfig: pathlib.Path,
+                 http: httpx.AsyncClient, *, http_options: Mapping[str, Any] | None = None) -> None:
+        self.emulator = emulator  # None: a real apiserver (tests/controlplane)
         self.url = url
         self.kubeconfig = kubeconfig
         self.http = http
+        # What another client of the same server needs (`headers`, `verify`): the kubelet's watch.
+        self.http_options = dict(http_options or {})
 
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: Mapping[str, str] | None = None, content_type: str = "application/json") -> Any:

@@ -24,7 +24,7 @@ import signal
 import stat
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
@@ -32,7 +32,7 @@ import kmock
 from kmock._internal.rendering import Response  # not re-exported by kmock 0.8
 
 from tests.kube import pods
-from tests.kube.client import CONFIGMAPS, PODS, SECRETS, ApiError, Kube
+from tests.kube.client import CONFIGMAPS, PODS, SECRETS, ApiError, Kube, resource_path
 from tests.kube.objects import now_rfc3339
 
 Body = dict[str, Any]
@@ -307,8 +307,10 @@ class Kubelet:
 
     def __init__(self, kube: Kube, *, workdir: pathlib.Path, grace_cap: float | None = None,
                  watch_seconds: int = 30, mount_wait: float = 5.0, separate_uids: bool | None = False,
-                 restart_backoff: float = 1.0) -> None:
+                 restart_backoff: float = 1.0, namespaces: Collection[str] | None = None) -> None:
         self.kube = kube
+        # Only these namespaces' pods (a real control plane is shared by other tests); None: every pod.
+        self.namespaces = frozenset(namespaces) if namespaces is not None else None
         # A real kubelet retries a volume whose ConfigMap/Secret is not there yet (the pod stays
         # ContainerCreating); this one retries for ``mount_wait`` seconds, then reports the error.
         self.mount_wait = mount_wait
@@ -376,10 +378,12 @@ class Kubelet:
             self.hostdir = self._volumes_root / "host"
         self.hostdir.mkdir(parents=True, exist_ok=True)
         self.hostdir.chmod(0o755)
-        self._http = httpx.AsyncClient(base_url=self.kube.url, timeout=httpx.Timeout(10.0))
+        self._http = httpx.AsyncClient(base_url=self.kube.url, timeout=httpx.Timeout(10.0), **self.kube.http_options)
         # Not a kmock reaction (`emulator["get", resource("v1/pods"), subresource("log")] << ...` works
-        # too): any reaction makes kmock's per-request matching O(requests served).
-        self.kube.emulator.pod_logs = self._serve_log
+        # too): any reaction makes kmock's per-request matching O(requests served). A real apiserver
+        # asks the node's kubelet API instead (`container_log`, served by tests/controlplane/node.py).
+        if self.kube.emulator is not None:
+            self.kube.emulator.pod_logs = self._serve_log
         self._watch_task = asyncio.create_task(self._watch_pods(), name="kubelet-watch")
 
     async def stop(self) -> None:
@@ -400,7 +404,8 @@ class Kubelet:
                     await asyncio.wait_for(task, 5)
             for c in run.containers.values():
                 c.log.close()
-        self.kube.emulator.pod_logs = None
+        if self.kube.emulator is not None:
+            self.kube.emulator.pod_logs = None
         if self._http is not None:
             await self._http.aclose()
         if self._own_root:
@@ -461,6 +466,8 @@ class Kubelet:
             return
         if spec.get("nodeName") not in (None, self.node_name):
             return  # another node's pod
+        if self.namespaces is not None and meta.get("namespace", "default") not in self.namespaces:
+            return
         if run is None:
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 return
@@ -497,6 +504,15 @@ class Kubelet:
             await self._patch_status(run, pods.pod_status(now_rfc3339(), run.start_time, init, main, phase=phase,
                                                           reason=reason, message=message))
 
+    async def _bind(self, run: _PodRun) -> None:
+        if self.kube.emulator is not None:  # the emulator has no pods/binding
+            await self.kube.patch(PODS, run.name, {"spec": {"nodeName": self.node_name}}, run.namespace)
+            return
+        # A real apiserver: spec.nodeName is immutable; a scheduler binds through the subresource.
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": run.name, "uid": run.uid},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}}
+        await self.kube.request("POST", resource_path(PODS, run.namespace, run.name, "binding"), body=binding)
+
     async def _lifecycle(self, run: _PodRun) -> None:
         try:
             await self._drive(run)
@@ -510,8 +526,8 @@ class Kubelet:
             await self._patch_status(run, pods.status_unschedulable(now_rfc3339(), script.message or ""))
             await run.terminating.wait()  # an unbound pod is deleted at once by the apiserver
             return
-        with contextlib.suppress(ApiError):  # the binding
-            await self.kube.patch(PODS, run.name, {"spec": {"nodeName": self.node_name}}, run.namespace)
+        with contextlib.suppress(ApiError):  # the binding (a pod deleted meanwhile is not bound)
+            await self._bind(run)
         run.start_time = now_rfc3339()
         plans = script.plan(run.pod)
         kinds = pods.container_kinds(run.pod)
@@ -750,17 +766,10 @@ class Kubelet:
                       + (f" or one of the init containers: [{' '.join(inits)}]" if inits else ""))
         if wanted not in {c.get("name", "main") for _, c in pods.container_kinds(pod)}:
             raise bad(f"container {wanted} is not valid for pod {name}")
-        run = self._runs.get(pod["metadata"]["uid"])
-        c = run.containers.get(wanted) if run is not None else None
-        if c is None or not c.started:
-            reason = (c.state.get("waiting") or {}).get("reason", "ContainerCreating") if c else "ContainerCreating"
-            reason = _WAITING_TEXT.get(reason, reason)
-            raise bad(f'container "{wanted}" in pod "{name}" is waiting to start: {reason}')
-        log = c.log
-        if params.get("previous") == "true":
-            if c.previous_log is None:
-                raise bad(f'previous terminated container "{wanted}" in pod "{name}" not found')
-            log = c.previous_log
+        try:
+            log = _container_log(self._runs.get(pod["metadata"]["uid"]), name, wanted, params.get("previous") == "true")
+        except LookupError as e:
+            raise bad(str(e)) from None
         start = 0
         if params.get("tailLines"):
             start = max(0, len(log.lines) - int(params["tailLines"]))
@@ -773,6 +782,25 @@ class Kubelet:
             return Response(headers={"Content-Type": "text/plain"}, payload=log.follow(start, alive))
         body = "".join(line + "\n" for line in log.lines[start:]).encode()
         return Response(headers={"Content-Type": "text/plain"}, payload=body)
+
+
+    def container_log(self, namespace: str, name: str, container: str, *, previous: bool = False) -> PodLog:
+        """What the kubelet API's `/containerLogs/<namespace>/<pod>/<container>` serves (the apiserver has
+        checked the pod and the container's name); LookupError with the kubelet's message otherwise."""
+        return _container_log(self._latest.get((namespace, name)), name, container, previous)
+
+
+def _container_log(run: _PodRun | None, pod: str, wanted: str, previous: bool) -> PodLog:
+    c = run.containers.get(wanted) if run is not None else None
+    if c is None or not c.started:
+        reason = (c.state.get("waiting") or {}).get("reason", "ContainerCreating") if c else "ContainerCreating"
+        reason = _WAITING_TEXT.get(reason, reason)
+        raise LookupError(f'container "{wanted}" in pod "{pod}" is waiting to start: {reason}')
+    if previous:
+        if c.previous_log is None:
+            raise LookupError(f'previous terminated container "{wanted}" in pod "{pod}" not found')
+        return c.previous_log
+    return c.log
 
 
 # The kubelet's words for the common waiting reasons in a log request's error.

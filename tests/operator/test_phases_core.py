@@ -12,10 +12,10 @@ from buildstudio.api.dispatch import BuildDispatchStatus
 from buildstudio.core import machine as m
 from buildstudio.core import manifests as mf
 from buildstudio.core.conditions import find
-from buildstudio.core.status import result_fields
+from buildstudio.core.status import LiveState, result_fields
 from buildstudio.handlers.phases import REVIEW_DIFF_BYTES, Source, _review_of, review_input
 from buildstudio.pins import API_GROUP
-from buildstudio.records import Outcome, ResultRecord, ReviewRecord
+from buildstudio.records import Outcome, PushRecord, ResultRecord, ReviewRecord
 from buildstudio.runner.spec import RunnerSpec
 from tests.operator.test_core_machine import T0, S, cond, dispatch, spec, valid
 
@@ -94,11 +94,42 @@ def _ship(**kw: Any) -> m.Dispatch:
     return dispatch(phase="ship", repo=None, source={"dispatch": "fix"}, approval={"approvedBy": "alice"}, **kw)
 
 
-def test_ship_allowed_is_terminal_success() -> None:
+def test_ship_allowed_launches_the_ship_pod_and_its_push_result_ends_it() -> None:
     step = m.ship(_ship(), True, "Approved", "ship fix: 1 files, +2/-0", T0, S, final=False)
-    assert step.status["phase"] == "Succeeded" and cond(step.status, "Succeeded")["reason"] == "Approved"
+    assert m.stage_of(step.status) == "running" and cond(step.status, "Admitted")["reason"] == "Approved"
     assert cond(step.status, "ModelReady")["reason"] == "NotApplicable"
+    assert step.status["podName"] == "fix-1-1" and step.status["attempt"] == 1  # <dispatch>-<attempt>
+    assert [a for a in step.actions if isinstance(a, m.Launch)] == [m.Launch(1, "", "", None)]
     valid(step.status)
+    running = m.Dispatch(**{**_ship().__dict__, "status": step.status})
+    pod = m.PodView.from_pod(
+        {
+            "status": {
+                "phase": "Succeeded",
+                "containerStatuses": [{"name": "push", "state": {"terminated": {"exitCode": 0}}}],
+            }
+        }
+    )
+    assert pod.reporter_ended  # the push container is the ship pod's result channel
+    pushed = PushRecord(reason="Pushed", branch="buildstudio/fix", commit="c" * 40, remote="https://g/r.git")
+    ok = ResultRecord(outcome=Outcome.COMPLETED, message="pushed", phase="ship", push=pushed)
+    done = m.running(running, pod, LiveState(result=ok, results=1), T0, S, log_ended=True)
+    assert done.status["phase"] == "Succeeded" and cond(done.status, "Succeeded")["reason"] == "Pushed"
+    assert done.status["push"] == {
+        "reason": "Pushed",
+        "branch": "buildstudio/fix",
+        "commit": "c" * 40,
+        "remote": "https://g/r.git",
+    }
+    valid(done.status)
+    refused = ResultRecord(
+        outcome=Outcome.RUNNER_ERROR, message="non-fast-forward", phase="ship", push=PushRecord(reason="PushRejected")
+    )
+    failed = m.running(running, pod, LiveState(result=refused, results=1), T0, S, log_ended=True)
+    assert failed.status["phase"] == "Failed" and cond(failed.status, "Succeeded")["reason"] == "PushRejected"
+    bare = ResultRecord(outcome=Outcome.COMPLETED, message="no push record", phase="ship")
+    odd = m.running(running, pod, LiveState(result=bare, results=1), T0, S, log_ended=True)
+    assert odd.status["phase"] == "Failed" and cond(odd.status, "Succeeded")["reason"] == "PushFailed"
 
 
 def test_ship_waits_for_a_review_then_times_out() -> None:

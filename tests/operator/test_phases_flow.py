@@ -4,14 +4,17 @@ against the scripted model; the build pod's log is canned (its own test runs rea
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from buildstudio import records
+from buildstudio.records import Outcome, PushRecord, ResultRecord
 from buildstudio.scripted_server import ScriptedServer
-from tests.kube.client import PODS, Kube
+from tests.kube.client import CONFIGMAPS, PODS, Kube
 from tests.kube.kopf_runner import KopfOperator  # noqa: F401  (fixture types)
 from tests.kube.kubelet import Kubelet, PodScript
 from tests.operator.conftest import start_cluster
-from tests.operator.test_operator_flow import canned_run, cond
+from tests.operator.test_operator_flow import canned_run, cond, result_line
 
 PATCH = "diff --git a/calc.py b/calc.py\n+def subtract(a, b):\n+    return a - b\n"
 
@@ -32,7 +35,14 @@ async def test_build_review_ship_governed_gates(k8s: Kube, kubelet: Kubelet, kop
     answer = "The change adds subtract with the right semantics.\n\nVERDICT: APPROVE"
     async with ScriptedServer([{"text": answer}], no_aux=True) as model:
         cluster = await start_cluster(k8s, kubelet, kopf_operator, model)
-        kubelet.script("fix-1", PodScript.canned(canned_run(PATCH)))
+        base = "a" * 40
+        kubelet.script("fix-1", PodScript.canned([*canned_run(PATCH)[:-1], result_line(PATCH, base_commit=base)]))
+        # The ship pod's push container (its real run: tests/operator/test_ship_push.py).
+        pushed = PushRecord(
+            reason="Pushed", branch="buildstudio/fix", commit="c" * 40, remote="https://example.com/r.git"
+        )
+        push_line = records.dump(ResultRecord(outcome=Outcome.COMPLETED, message="pushed", phase="ship", push=pushed))
+        kubelet.script("ship-early-1", PodScript.canned([push_line]))
         await cluster.dispatch("fix")
         assert (await cluster.wait_phase("fix", "Succeeded", "Failed"))["phase"] == "Succeeded"
 
@@ -56,13 +66,29 @@ async def test_build_review_ship_governed_gates(k8s: Kube, kubelet: Kubelet, kop
         rev = await cluster.wait_phase("rev", "Succeeded", "Failed", timeout=60)
         assert rev["phase"] == "Succeeded", rev
         assert rev["review"]["source"] == "fix" and rev["review"]["verdict"] == "Approve"
-        prompt = model.requests[-1]["body"]["messages"][-1]["content"]
+        # The last completion (a preflight's GET /v1/models may come after it on a busy machine).
+        chat = next(r for r in reversed(model.requests) if r.get("body"))
+        prompt = chat["body"]["messages"][-1]["content"]
         assert "+def subtract(a, b):" in prompt and prompt.rstrip().endswith("Review this change.")
 
         shipped = await cluster.wait_phase("ship-early", "Succeeded", "Failed", timeout=30)
-        assert shipped["phase"] == "Succeeded" and cond(shipped, "Succeeded")["reason"] == "Approved", shipped
-        assert "not pushed" in shipped["message"] or "fix-patch" in shipped["message"]
-        assert await k8s.find(PODS, "ship-early-1") is None  # the gate needs no sandbox
+        assert shipped["phase"] == "Succeeded" and cond(shipped, "Succeeded")["reason"] == "Pushed", shipped
+        assert cond(shipped, "Admitted")["reason"] == "Approved" and "fix-patch" in cond(shipped, "Admitted")["message"]
+        assert shipped["push"] == pushed.model_dump(by_alias=True, exclude={"pull_request_url"})
+        # The allowed ship pushed from a pod of its own: one container, no agent, the patch mounted.
+        pod = await k8s.get(PODS, "ship-early-1")
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["push"] and not pod["spec"].get("initContainers")
+        assert {
+            "name": "patch",
+            "configMap": {"name": "fix-patch", "items": [{"key": "patch.gz", "path": "patch.gz"}]},
+        } in pod["spec"]["volumes"]
+        ship_json = json.loads((await k8s.get(CONFIGMAPS, "ship-early-config"))["data"]["ship.json"])
+        assert ship_json["baseCommit"] == base and ship_json["branch"] == "buildstudio/fix"
+        assert ship_json["repoUrl"] == "https://example.com/r.git"
+        assert (
+            "Build-Studio-Review: rev" in ship_json["message"]
+            and "Build-Studio-Approved-By: alice" in ship_json["message"]
+        )
 
         await cluster.dispatch(
             "ship-unapproved-src",

@@ -148,6 +148,33 @@ class Approval(ApiModel):
     comment: str = Field("", description="Why.", max_length=1024)
 
 
+class ShipOptions(ApiModel):
+    """ship: where the approved diff goes on the git remote."""
+
+    branch_prefix: str = Field(
+        "buildstudio/",
+        description="The pushed branch is <branchPrefix><source dispatch>; a new branch, never forced.",
+        max_length=100,
+        pattern=r"^([A-Za-z0-9._][A-Za-z0-9._/-]*)?$",
+    )
+
+
+class PullRequestOptions(ApiModel):
+    """ship: open a pull (merge) request of the pushed branch through the forge's REST API."""
+
+    forge: Literal["github", "gitlab", "gitea"] = Field(description="github, gitlab, or gitea (Gitea and Forgejo).")
+    api_url: str = Field(
+        description="The API's base: https://api.github.com, or the GitLab/Gitea/Forgejo instance's root.",
+        max_length=2048,
+        pattern=r"^https?://[^\s@/]+(/[^\s]*)?$",
+    )
+    project: str = Field(
+        "", description="owner/repo (GitLab: the project's path). Unset: from the repository URL.", max_length=512
+    )
+    base: str = Field("", description="The branch to merge into. Unset: the source's spec.repo.ref.", max_length=255)
+    title: str = Field("", description="Unset: the commit's subject.", max_length=256)
+
+
 class BuildDispatchSpec(ApiModel):
     """One task: a prompt for an engine and model, on a repository."""
 
@@ -185,6 +212,14 @@ class BuildDispatchSpec(ApiModel):
     sandbox: Sandbox | None = Field(None, description="Sandbox pod overrides.")
     source: SourceRef | None = Field(None, description="review/ship: the dispatch whose diff is reviewed or shipped.")
     approval: Approval | None = Field(None, description="ship: the human approval the diff is applied under.")
+    pull_request: PullRequestOptions | None = Field(
+        None, description="ship: after the push, open a pull/merge request with the review and the provenance."
+    )
+    ship: ShipOptions | None = Field(
+        None,
+        description="ship: the branch to push. The remote is the source's repo; spec.repo (same URL) may "
+        "name another credentialsSecret for the push.",
+    )
 
 
 DISPATCH_RULES = [
@@ -206,7 +241,19 @@ DISPATCH_RULES = [
     ),
 ]
 # Fields that may change after creation: cancel (one way), ttlSecondsAfterFinished, approval.
-IMMUTABLE_FIELDS = ("prompt", "repo", "engine", "model", "phase", "timeouts", "stepBudget", "sandbox", "source")
+IMMUTABLE_FIELDS = (
+    "prompt",
+    "repo",
+    "engine",
+    "model",
+    "phase",
+    "timeouts",
+    "stepBudget",
+    "sandbox",
+    "source",
+    "ship",
+    "pullRequest",
+)
 
 
 class Progress(ApiModel):
@@ -293,6 +340,18 @@ class ReviewStatus(ApiModel):
     diff_sha256: str = Field("", description="sha256 of the reviewed diff (the source's patch-sha256).", max_length=64)
 
 
+class PushStatus(ApiModel):
+    """ship: what the ship pod pushed, or why it could not."""
+
+    reason: str = Field(
+        description="Pushed, PushAuthFailed, PushRejected, RemoteUnreachable, PatchMismatch, ...", max_length=64
+    )
+    branch: str = Field("", description="The branch on the remote.", max_length=255)
+    commit: str = Field("", description="The pushed commit.", max_length=64)
+    remote: str = Field("", description="The remote's URL.", max_length=2048)
+    pull_request_url: str = Field("", description="The pull/merge request opened for the branch.", max_length=2048)
+
+
 class BuildDispatchStatus(ApiModel):
     """Observed state of the dispatch, written by the operator (bounded to 32 KiB)."""
 
@@ -329,6 +388,8 @@ class BuildDispatchStatus(ApiModel):
     final_text: str = Field("", description="The engine's final answer (at most 4 KiB).", max_length=4200)
     model_service: ModelObservation | None = Field(None, description="Preflight observation.")
     review: ReviewStatus | None = Field(None, description="review phase: the verdict and the diff it is for.")
+    base_commit: str = Field("", description="build: the commit the diff is against.", max_length=64)
+    push: PushStatus | None = Field(None, description="ship phase: the pushed branch and commit.")
     admitted_at: str | None = Field(
         None, description="When the gate admitted it.", json_schema_extra={"format": "date-time"}
     )
@@ -365,10 +426,13 @@ __all__ = [
     "DiffStat",
     "ModelObservation",
     "Progress",
+    "PullRequestOptions",
+    "PushStatus",
     "Repo",
     "ResourceList",
     "ReviewStatus",
     "Sandbox",
+    "ShipOptions",
     "SourceRef",
     "Summary",
     "Timeouts",

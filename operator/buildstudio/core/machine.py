@@ -72,6 +72,8 @@ class ModelCheck:
 
 
 REPORTER_CONTAINER = "reporter"  # its log is the result channel
+PUSH_CONTAINER = "push"  # the ship pod's one container: its log is that pod's result channel
+RESULT_CONTAINERS = frozenset({REPORTER_CONTAINER, PUSH_CONTAINER})
 STARTING_REASONS = frozenset({"PodInitializing", "ContainerCreating"})
 RELAY_CONTAINER = "relay"
 AGENT_CONTAINER = "agent"
@@ -122,7 +124,7 @@ class PodView:
             if state.get("running") or term:
                 started_any = True
             if term:
-                if cs.get("name") == REPORTER_CONTAINER:
+                if cs.get("name") in RESULT_CONTAINERS:
                     reporter_ended = True
                 if cs.get("name") == RELAY_CONTAINER:
                     continue  # a sidecar: restarted by the kubelet, and ended by it after the work
@@ -378,15 +380,24 @@ def enter(
 def ship(
     d: Dispatch, allow: bool, reason: str, message: str, now: datetime, settings: Settings, *, final: bool
 ) -> Step:
-    """The ship gate's answer (no model, no sandbox). A refusal that a later review or approval can
-    lift keeps the dispatch waiting (until the queue timeout); ``final`` ones end it."""
+    """The ship gate's answer (no model). Allowed: the ship pod ``<ship>-<attempt>`` is launched
+    (no queue slot: it runs no model) and pushes the reviewed patch; its result ends the ship.
+    A refusal that a later review or approval can lift keeps the dispatch waiting (until the
+    queue timeout); ``final`` ones end it."""
     draft = _Draft(d, now)
     if d.spec.cancel:
         return _cancelled_before_start(draft, settings)
     draft.cond(c.MODEL_READY, "True", "NotApplicable", "ship asks no model")
     if allow:
+        attempt = d.attempt + 1
+        pod = names.pod_name(d.name, attempt)
+        draft.status.update(attempt=attempt, podName=pod, queuePosition=None, admittedAt=c.timestamp(now))
         draft.cond(c.ADMITTED, "True", reason, message)
-        return draft.finish(True, reason, message, settings)
+        draft.cond(c.RUNNING, "Unknown", "Launching", f"creating ship pod {pod}")
+        draft.headline("Launching", f"{reason}: pushing from pod {pod}")
+        draft.emit("Normal", reason, f"{message}; pushing from pod {pod}")
+        draft.actions.append(Launch(attempt=attempt, engine="", model="", context=None))
+        return draft.step(settings, wake_after=0)
     if final or now >= _queue_deadline(d):
         draft.cond(c.ADMITTED, "False", reason, message)
         return draft.finish(False, reason, message, settings)
@@ -533,6 +544,16 @@ def running(
     if live.results > 1 or (result is not None and live.conflict):
         detail = live.conflict or f"{live.results} result records for attempt {d.attempt}"
         return draft.finish(False, "ResultConflict", f"the sandbox's result cannot be trusted: {detail}", settings)
+    if result is not None and d.spec.phase == "ship":
+        push = result.push
+        reason = push.reason if push is not None and push.reason else "PushFailed"
+        if push is not None:
+            fields = push.model_dump(by_alias=True)
+            status["push"] = {k: v for k, v in fields.items() if v or k != "pullRequestUrl"}
+        succeeded = push is not None and push.reason == "Pushed" and result.outcome.succeeded
+        if status.get("reason") in ("Cancelling", "TimingOut") and not succeeded:
+            reason = "Cancelled" if status.get("reason") == "Cancelling" else "TimedOut"
+        return draft.finish(succeeded, reason, result.message, settings)
     if result is not None:
         patch_cm = names.patch_name(d.name) if result.patch.data else ""
         review_of = d.spec.source.dispatch if d.spec.phase == "review" and d.spec.source is not None else None

@@ -161,6 +161,8 @@ def result_fields(
     review: dict[str, Any] = {}
     if review_of and result.review is not None and result.review.source == review_of:
         review = {"review": result.review.model_dump(by_alias=True)}
+    if result.base_commit and result.phase == "build":
+        review["baseCommit"] = result.base_commit  # what a ship pushes the patch onto
     return review | {
         "summary": {
             "steps": summary.steps,

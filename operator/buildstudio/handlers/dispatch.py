@@ -42,6 +42,7 @@ from buildstudio.handlers.context import (
     verdict_for,
 )
 from buildstudio.handlers.phases import read_source, review_input, ship_decision
+from buildstudio.handlers.ship import ShipRefused, prepare_ship
 from buildstudio.kube import KubeError
 from buildstudio.metrics import QUEUE_LENGTH, record_finished, record_preflight_failure
 from buildstudio.netresolve import resolve
@@ -101,8 +102,10 @@ def ignored_spec_changes(diff: Any, stage: m.Stage) -> list[str]:
 
 
 def work_container(phase: str) -> str:
-    """Whose log shows progress: the agent's in a build (its side: informative only), else the
-    reporter's (text phases run there)."""
+    """Whose log shows progress: the agent's in a build (its side: informative only), the push
+    container's in a ship, else the reporter's (text phases run there)."""
+    if phase == "ship":
+        return m.PUSH_CONTAINER
     return m.AGENT_CONTAINER if phase == "build" else m.REPORTER_CONTAINER
 
 
@@ -189,9 +192,10 @@ class LogFollower:
             await asyncio.sleep(LOG_RETRY_SECONDS)
 
     async def read_result(self) -> bool:
-        """Read the reporter's whole log once (it has terminated); False when it could not be read."""
+        """Read the result container's whole log once (it has terminated); False when it could not be read."""
+        channel = self.container if self.container in m.RESULT_CONTAINERS else m.REPORTER_CONTAINER
         try:
-            text = await self.ctx.kube.read_log(self.namespace, self.pod, container=m.REPORTER_CONTAINER)
+            text = await self.ctx.kube.read_log(self.namespace, self.pod, container=channel)
         except KubeError as exc:
             self.logger.debug("reading the result log of %s failed: %r", self.pod, exc)
             return False
@@ -203,7 +207,7 @@ class LogFollower:
             # The operator recomputes what it can: the patch's sha256 and size from its data.
             conflict = await asyncio.to_thread(verify_patch, got.result.patch)
         base = self.live
-        if self.container == m.REPORTER_CONTAINER:
+        if self.container in m.RESULT_CONTAINERS:
             base = got if got.lines >= base.lines else base  # text phases: the whole log is the newest
         else:  # the reporter's own progress and events follow the agent's
             keep = self.ctx.settings.recent_events
@@ -449,8 +453,11 @@ class DispatchDriver:
             # kubelet waits for the ConfigMap volume. Every create is idempotent (409 adopts), so
             # a failed step is retried as a whole and finds the same attempt.
             try:
-                pod, children = await self.prepare_launch(d, launch)
-            except LaunchRefused as refused:
+                if d.spec.phase == "ship":
+                    pod, children = await prepare_ship(self.ctx, d, launch, self.egress)
+                else:
+                    pod, children = await self.prepare_launch(d, launch)
+            except (LaunchRefused, ShipRefused) as refused:
                 step = m.refused_at_launch(
                     replace(d, status=step.status), refused.reason, refused.message, now_utc(), self.ctx.settings
                 )

@@ -7,8 +7,9 @@ when it judged this source and its diff sha256 equals the source patch's sha256:
 earlier or different diff is stale, whatever it said. A review whose verdict is unclear is no
 review (``ReviewMissing``).
 
-Allowed means the ship record says exactly what would be applied (patch ConfigMap, sha256,
-+a/-d). Pushing to the git remote is not done by the operator in this version; the record says so.
+Allowed means the message says exactly what is applied (patch ConfigMap, sha256, +a/-d). In the
+cluster the operator then pushes it from a ship pod (``core/shippod.py``, ``runner/push.py``); the
+local record (``ship_record``) still only says what would be applied, and that it was not pushed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from buildstudio.phases.review import ReviewFacts, Verdict
 from buildstudio.pins import API_GROUP
 from buildstudio.records import DiffStat, Outcome, Patch, ResultRecord
 
-NOT_PUSHED = "not pushed: the operator does not push to the git remote in this version"
+NOT_PUSHED = "not pushed: local mode does not push to the git remote in this version"
 
 
 class ShipReason(enum.StrEnum):
@@ -157,8 +158,8 @@ def decide_ship(source: SourceFacts, review: ReviewFacts | None, approval: Appro
 
 def plan_message(plan: ShipPlan) -> str:
     return (
-        f"approved by {plan.approved_by} after review {plan.review}: would apply patch ConfigMap "
-        f"{plan.patch_config_map} (sha256 {plan.sha256}, {_size(plan.diff_stat)}) of {plan.source}; {NOT_PUSHED}"
+        f"approved by {plan.approved_by} after review {plan.review}: patch ConfigMap "
+        f"{plan.patch_config_map} (sha256 {plan.sha256}, {_size(plan.diff_stat)}) of {plan.source}"
     )
 
 
@@ -169,7 +170,7 @@ def ship_record(decision: ShipDecision, *, started_at: str = "", finished_at: st
         return None
     return ResultRecord(
         outcome=Outcome.COMPLETED,
-        message=decision.message,
+        message=f"{decision.message}; {NOT_PUSHED}",
         diff_stat=plan.diff_stat,
         diff_bytes=plan.diff_bytes,
         patch=Patch(sha256=plan.sha256, bytes=plan.diff_bytes),

@@ -35,8 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--context", type=int, dest="context_override", help="declared context, used when the server reports none"
     )
     parser.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
-    parser.add_argument("--connect-timeout", type=float, default=2.0)
-    parser.add_argument("--read-timeout", type=float, default=5.0)
+    parser.add_argument("--connect-timeout", type=float, default=ProbeTarget.connect_timeout)
+    parser.add_argument("--read-timeout", type=float, default=ProbeTarget.read_timeout)
+    parser.add_argument(
+        "--total-timeout", type=float, default=ProbeTarget.total_timeout, help="bound on the whole probe (s)"
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="also send one chat request with one tool (warns, never refuses)"
     )
@@ -52,6 +55,7 @@ def target_from_args(args: argparse.Namespace) -> ProbeTarget:
         api_key=api_key or None,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
+        total_timeout=args.total_timeout,
     )
 
 

@@ -126,8 +126,13 @@ class ProbeTarget:
     base_url: str
     backend: Backend = Backend.AUTO
     api_key: str | None = field(default=None, repr=False)
-    connect_timeout: float = 2.0
-    read_timeout: float = 5.0
+    # Each phase has its own bound and the whole verdict one more: connect covers DNS, TCP and the
+    # TLS handshake (httpcore runs all three under it); read bounds the wait for the response
+    # headers and for each body read; total bounds the probe, every route included, so a
+    # refused, black-holed, silent, stalled or unresolvable endpoint is judged within 2.5 s.
+    connect_timeout: float = 1.0
+    read_timeout: float = 2.0
+    total_timeout: float = 2.5
     max_body_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:

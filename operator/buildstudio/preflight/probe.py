@@ -1,10 +1,13 @@
 """The IO shell of the preflight: a few bounded HTTP requests, then the pure backend functions.
 
-Every request has httpx connect/read timeouts AND an overall deadline (connect + read), so a
-server that drips bytes cannot hold a probe open; bodies are streamed and reading stops at
-`max_body_bytes`. After the listing, the auxiliary routes (`/`, backend context routes; at
-most four) share what is left of a `connect + 2 * read` budget, so a whole probe ends within
-that (12 s by default) whatever the server does; a route skipped for lack of budget is a note.
+Every request has httpx connect (DNS + TCP + TLS) and read (headers, each body read) timeouts
+AND an overall deadline, so a server that drips bytes cannot hold a probe open; bodies are
+streamed and reading stops at `max_body_bytes`. The listing and then the auxiliary routes (`/`,
+backend context routes; at most four) share one budget, `min(total - 0.1, connect + 2 * read)`
+(2.4 s by default; 0.1 s is kept to build the verdict), and `probe` wraps the whole run in
+`asyncio.timeout(total)` as the last bound, so a refused, black-holed, silent, stalled or
+unresolvable endpoint is judged within 2.5 s whatever it does; a route skipped for lack of
+budget is a note.
 """
 
 from __future__ import annotations
@@ -158,6 +161,11 @@ async def fetch(
         raise ProbeFailure(kind, f"{method} {url}: {kind.value} after {waited:.2f}s ({message})") from exc
 
 
+# The requests' deadline ends a probe this much before the whole-probe bound, leaving time to close
+# the connection and build the observation; the `asyncio.timeout` at the bound only catches the rest.
+_VERDICT_RESERVE = 0.1
+
+
 class _Probe:
     """State of one probe run; each method is one step of docs/model-endpoints.md §2."""
 
@@ -169,7 +177,8 @@ class _Probe:
         self.root = backends.root_url(self.base)
         self.notes: list[str] = []
         self.lmstudio_body: Any = None
-        self.deadline = time.monotonic() + target.connect_timeout + 2 * target.read_timeout
+        budget = min(target.total_timeout - _VERDICT_RESERVE, target.connect_timeout + 2 * target.read_timeout)
+        self.deadline = time.monotonic() + budget
 
     def note(self, text: str) -> None:
         if len(self.notes) < MAX_NOTES:
@@ -269,7 +278,9 @@ class _Probe:
         try:
             if problem := backends.base_url_problem(self.target.base_url):
                 raise ProbeFailure(FailureKind.INVALID_URL, problem)
-            listing = await fetch(self.client, self.target, "GET", self.base + "/models")
+            listing = await fetch(
+                self.client, self.target, "GET", self.base + "/models", budget=self.deadline - time.monotonic()
+            )
             if not listing.ok:
                 snippet = listing.body[:160].decode("utf-8", "replace")
                 raise ProbeFailure(
@@ -329,7 +340,22 @@ def new_client() -> httpx.AsyncClient:
 
 async def probe(target: ProbeTarget, model: str, *, client: httpx.AsyncClient | None = None) -> Observation:
     """Probe `target` for `model`. Never raises for endpoint behaviour: failures are in the Observation."""
-    if client is not None:
-        return await _Probe(client, target, model).run()
-    async with new_client() as own:
-        return await _Probe(own, target, model).run()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(target.total_timeout):
+            if client is not None:
+                return await _Probe(client, target, model).run()
+            async with new_client() as own:
+                return await _Probe(own, target, model).run()
+    except TimeoutError:
+        waited = time.monotonic() - started
+        return Observation(
+            base_url=target.base_url,
+            model=model,
+            backend_hint=target.backend,
+            observed_at=datetime.now(UTC),
+            reachable=False,
+            failure=FailureKind.TIMEOUT,
+            detail=clip(f"probe: {FailureKind.TIMEOUT.value} after {waited:.2f}s (whole-probe bound)"),
+            duration_ms=int(waited * 1000),
+        )

@@ -20,6 +20,12 @@ A VALUE runs to the first ``</parameter>``, so code holding ``<``, ``>`` and ``<
 Text outside calls is released as soon as it cannot be the start of a call; only a possible
 partial marker (``<tool_c``, ``<function=wri``) or an open call is held. Output does not
 depend on how the reply is split into chunks.
+
+With ``stream=True`` an XML-form call is also reported while it arrives: ``CallOpen`` once the
+function name AND the first ``<parameter=NAME>`` are seen (before that, markup that turns out
+not to be a call is still plain text), then ``ParamOpen``/``ParamText``/``ParamClose`` as the
+values come, then the ``Call`` (or a ``Rejected`` with ``opened=True``). Held input is linear:
+consumed markup and value text go to lists, only an undecided tail stays in the string buffer.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ PARAM_END = "</parameter>"
 MAX_NAME = 256  # a tool or parameter name longer than this is not a name
 MAX_GAP = 4096  # whitespace tolerated between markers of one call
 DEFAULT_MAX_CALL_CHARS = 8 * 1024 * 1024  # an open call larger than this is given up as text
-_LONGEST_TERM = max(len(PARAM_END), len(PARAM), len(FUNC_END), len(CLOSE))
+_VALUE_TERMS = (PARAM_END, PARAM, FUNC_END, CLOSE)
+_LONGEST_TERM = max(len(t) for t in _VALUE_TERMS)
 
 
 class Reason(enum.StrEnum):
@@ -69,13 +76,41 @@ class Call:
 
 @dataclass(frozen=True)
 class Rejected:
-    """Call-like markup given back as text, with the reason it was not a call."""
+    """Call-like markup given back as text, with the reason it was not a call.
+
+    ``opened``: a ``CallOpen`` for this markup went out first (stream mode).
+    """
 
     text: str
     reason: Reason
+    opened: bool = False
 
 
-Piece = Text | Call | Rejected
+@dataclass(frozen=True)
+class CallOpen:
+    """Stream mode: a call to ``name`` has begun (its first parameter name is known)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ParamOpen:
+    name: str
+
+
+@dataclass(frozen=True)
+class ParamText:
+    """Raw value text, in order; the parameter's pieces join to its raw value."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ParamClose:
+    pass
+
+
+Piece = Text | Call | Rejected | CallOpen | ParamOpen | ParamText | ParamClose
 
 
 class _State(enum.Enum):
@@ -96,6 +131,14 @@ def _is_partial(buf: str, at: int, markers: tuple[str, ...]) -> bool:
     return any(len(tail) < len(m) and m.startswith(tail) for m in markers)
 
 
+def _value_safe_end(buf: str, start: int) -> int:
+    """First index >= start where a value terminator could begin in data still to come."""
+    for i in range(max(start, len(buf) - _LONGEST_TERM + 1), len(buf)):
+        if buf[i] == "<" and _is_partial(buf, i, _VALUE_TERMS):
+            return i
+    return len(buf)
+
+
 def _skip_ws(buf: str, at: int) -> int:
     n = len(buf)
     while at < n and buf[at].isspace():
@@ -106,10 +149,17 @@ def _skip_ws(buf: str, at: int) -> int:
 class ToolCallParser:
     """Feed reply text in any chunking; get back text, calls and rejected markup, in order."""
 
-    def __init__(self, tool_names: Collection[str], *, max_call_chars: int = DEFAULT_MAX_CALL_CHARS) -> None:
+    def __init__(
+        self, tool_names: Collection[str], *, max_call_chars: int = DEFAULT_MAX_CALL_CHARS, stream: bool = False
+    ) -> None:
         self._tools = frozenset(tool_names)
         self._max = max_call_chars
-        self._buf = ""  # unreleased input: a partial marker in TEXT, else the open call from its start
+        self._stream = stream
+        self._buf = ""  # unreleased input: a partial marker in TEXT, else the open call's undecided tail
+        self._raw: list[str] = []  # the open call's markup before _buf (given back whole if rejected)
+        self._raw_len = 0
+        self._acc: list[str] = []  # the current value's (or JSON body's) text before _buf[_pos:]
+        self._opened = False  # stream mode: CallOpen sent for the open call
         self._pos = 0  # parse cursor in _buf
         self._state = _State.TEXT
         self._after_call = False  # drop whitespace that directly follows a call
@@ -123,7 +173,7 @@ class ToolCallParser:
     @property
     def holding(self) -> bool:
         """Some input is held back undecided."""
-        return bool(self._buf)
+        return bool(self._buf) or bool(self._raw)
 
     @property
     def in_call(self) -> bool:
@@ -132,7 +182,7 @@ class ToolCallParser:
 
     @property
     def held_chars(self) -> int:
-        return len(self._buf)
+        return self._raw_len + len(self._buf)
 
     def feed(self, chunk: str) -> list[Piece]:
         if self._done:
@@ -156,6 +206,30 @@ class ToolCallParser:
     def _run(self, out: list[Piece], *, final: bool) -> None:
         while self._step(out, final):
             pass
+        self._compact(out)
+
+    def _compact(self, out: list[Piece]) -> None:
+        """Move decided input out of the string buffer, so held input costs O(1) per new character."""
+        if self._state is _State.TEXT:
+            return
+        cut = self._pos
+        if self._state in (_State.VALUE, _State.JSON, _State.FUNC_JSON) and self._scan > self._pos:
+            cut = self._scan  # value/JSON text before the scan point holds no terminator
+            part = self._buf[self._pos : cut]
+            self._acc.append(part)
+            if self._stream and self._state is _State.VALUE:
+                out.append(ParamText(part))
+        if cut:
+            self._raw.append(self._buf[:cut])
+            self._raw_len += cut
+            self._buf = self._buf[cut:]
+            self._scan = max(self._scan - cut, 0)
+            self._pos = 0
+
+    def _acc_text(self, end: int) -> str:
+        text = "".join(self._acc) + self._buf[self._pos : end]
+        self._acc = []
+        return text
 
     def _release(self, out: list[Piece], upto: int) -> None:
         if upto > 0:
@@ -163,8 +237,8 @@ class ToolCallParser:
             self._buf = self._buf[upto:]
 
     def _reject(self, out: list[Piece], upto: int, reason: Reason) -> None:
-        """Give back buf[:upto] as text and rescan the rest as text."""
-        out.append(Rejected(self._buf[:upto], reason))
+        """Give back the call's markup up to buf[:upto] as text and rescan the rest as text."""
+        out.append(Rejected("".join(self._raw) + self._buf[:upto], reason, self._opened))
         self._buf = self._buf[upto:]
         self._reset_to_text()
 
@@ -176,6 +250,8 @@ class ToolCallParser:
         self._pname = ""
         self._params = {}
         self._json_args = None
+        self._raw, self._raw_len, self._acc = [], 0, []
+        self._opened = False
 
     def _complete(self, out: list[Piece], upto: int, call: Call) -> None:
         out.append(call)
@@ -187,7 +263,7 @@ class ToolCallParser:
         """Advance once; False when more input is needed (or all is consumed)."""
         if self._state is _State.TEXT:
             return self._text(out, final)
-        if len(self._buf) > self._max:
+        if self._raw_len + len(self._buf) > self._max:
             self._reject(out, len(self._buf), Reason.TOO_LARGE)
             return True
         return _HANDLERS[self._state](self, out, final)
@@ -256,6 +332,11 @@ class ToolCallParser:
             self._name, self._state = name, _State.BODY
         else:
             self._pname, self._state, self._scan = name, _State.VALUE, j + 1
+            if self._stream:
+                if not self._opened:
+                    self._opened = True
+                    out.append(CallOpen(self._name))
+                out.append(ParamOpen(name))
         self._pos = j + 1
         return True
 
@@ -284,14 +365,18 @@ class ToolCallParser:
 
     def _value(self, out: list[Piece], final: bool) -> bool:
         buf = self._buf
-        k, term = self._find_first(buf, (PARAM_END, PARAM, FUNC_END, CLOSE))
+        k, term = self._find_first(buf, _VALUE_TERMS)
         if k < 0:
             if not final:
-                self._scan = max(self._scan, len(buf) - _LONGEST_TERM + 1)
+                self._scan = _value_safe_end(buf, max(self._scan, self._pos))
                 return False
             self._reject(out, len(buf), Reason.UNTERMINATED)  # cut off mid-value: never guess the rest
             return True
-        self._params[self._pname] = buf[self._pos : k]
+        if self._stream:
+            if k > self._pos:
+                out.append(ParamText(buf[self._pos : k]))
+            out.append(ParamClose())
+        self._params[self._pname] = self._acc_text(k)
         self._state = _State.BODY
         self._pos = k + len(PARAM_END) if term == PARAM_END else k  # else: </parameter> forgotten
         return True
@@ -315,7 +400,7 @@ class ToolCallParser:
             self._scan = max(self._scan, len(buf) - len(CLOSE) + 1)
             return False
         upto = k + len(CLOSE) if k >= 0 else len(buf)
-        parsed = _json_call(buf[self._pos : k if k >= 0 else len(buf)])
+        parsed = _json_call(self._acc_text(k if k >= 0 else len(buf)))
         if parsed is None:
             self._reject(out, upto, Reason.BAD_JSON if k >= 0 else Reason.UNTERMINATED)
         elif parsed.name not in self._tools:
@@ -332,7 +417,7 @@ class ToolCallParser:
             self._scan = max(self._scan, len(buf) - len(FUNC_END) + 1)
             return False
         try:
-            args = json.loads(buf[self._pos : k if k >= 0 else len(buf)])
+            args = json.loads(self._acc_text(k if k >= 0 else len(buf)))
         except ValueError:
             args = None
         if not isinstance(args, dict):

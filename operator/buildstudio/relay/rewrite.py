@@ -4,6 +4,20 @@ Replies without call markup leave here byte for byte as they came in: untouched 
 forwarded raw, and an event whose text ends in a possible partial marker is held (raw) until
 the next event settles it. Only when a call is found (or markup is given up) are new events
 written, built from the upstream chunk's own ``id``/``model``/``created`` fields.
+
+A streamed XML-form call goes out as it arrives (issue #18: a client must not sit in silence
+while a slow model writes a long file): once the parser has the function name and the first
+parameter name, the first ``tool_calls`` delta carries id, type and name, then
+``function.arguments`` pieces follow at the upstream's pace. Per parameter, by the tool's schema:
+a string parameter streams (JSON-escaped; the template's one leading and one trailing newline
+are stripped by holding back at most two characters); any other type waits for its whole value
+and goes through the same coercion as a whole reply, a wait bounded by ``MAX_TYPED_CHARS``
+(beyond that it streams as the string it is, which opencode answers with a schema error). The
+closing ``}`` goes out only with the finished call, so the arguments never parse as JSON before
+the call is complete: a call cut off or malformed after its first delta stays unparseable (the
+client cannot run it) and its markup follows as text, counted with its reason. An upstream
+chunk that, inside a call, yields nothing to send (markup, a typed value) yields an SSE comment,
+so the client's chunk timeout always sees bytes.
 """
 
 from __future__ import annotations
@@ -14,11 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from buildstudio.relay.coerce import call_arguments
+from buildstudio.relay.coerce import call_arguments, coerce_value, schema_types, strip_template_newlines
 from buildstudio.relay.counters import RelayCounters
 from buildstudio.relay.parse import (
     DEFAULT_MAX_CALL_CHARS,
     Call,
+    CallOpen,
+    ParamClose,
+    ParamOpen,
+    ParamText,
     Piece,
     Rejected,
     Text,
@@ -45,7 +63,112 @@ class ToolCall:
         return {"id": self.id, "type": "function", "function": fn}
 
 
-Out = str | ToolCall  # text to pass on as content, or a repaired call
+@dataclass(frozen=True)
+class ArgDelta:
+    """A piece of a streamed call: the first one carries id and name, all carry arguments text."""
+
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+
+
+Out = str | ToolCall | ArgDelta  # content text, a whole repaired call, or a piece of a streamed one
+
+MAX_TYPED_CHARS = 64 * 1024  # a number/boolean/object value held for coercion longer than this streams as text
+KEEPALIVE = b":\n\n"  # an SSE comment: bytes for the client's chunk timeout, no event for its parser
+
+
+def _esc(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def _strip_lead(text: str) -> str:
+    return text[2:] if text.startswith("\r\n") else text[1:] if text.startswith("\n") else text
+
+
+def _newline_tail(text: str) -> int:
+    """How many of the last (at most two) characters are newline characters that may be stripped."""
+    n = 0
+    while n < 2 and n < len(text) and text[-1 - n] in "\r\n":
+        n += 1
+    return n
+
+
+def _arg_piece(call: ArgStream, p: ParamOpen | ParamText | ParamClose) -> str:
+    if isinstance(p, ParamOpen):
+        return call.open(p.name)
+    if isinstance(p, ParamText):
+        return call.text(p.text)
+    return call.close()
+
+
+class ArgStream:
+    """One streamed call's ``function.arguments``, built piece by piece (pure).
+
+    The pieces join to the same JSON object ``call_arguments`` gives for the whole call (keys in
+    the order the model wrote them), except a non-string value over ``max_typed`` characters.
+    """
+
+    def __init__(self, parameters: Any, *, max_typed: int = MAX_TYPED_CHARS) -> None:
+        props = parameters.get("properties") if isinstance(parameters, Mapping) else None
+        self._props: Mapping[str, Any] = props if isinstance(props, Mapping) else {}
+        self._max_typed = max_typed
+        self._count = 0
+        self._schema: Any = None
+        self._key = ""
+        self._streams = True
+        self._lead_done = False
+        self._pending = ""  # streamed text held back: a possible leading/trailing template newline
+        self._typed: list[str] = []
+        self._typed_len = 0
+
+    def start(self) -> str:
+        return "{"
+
+    def open(self, name: str) -> str:
+        self._key = ("," if self._count else "") + json.dumps(name, ensure_ascii=False) + ":"
+        self._count += 1
+        self._schema = self._props.get(name)
+        types = schema_types(self._schema)
+        self._streams = not types or "string" in types  # what coerce_value keeps verbatim
+        self._lead_done, self._pending, self._typed, self._typed_len = False, "", [], 0
+        return self._key + '"' if self._streams else ""
+
+    def text(self, text: str) -> str:
+        if self._streams:
+            return self._string(text)
+        self._typed.append(text)
+        self._typed_len += len(text)
+        if self._typed_len <= self._max_typed:
+            return ""
+        self._streams = True  # not short after all: stop waiting, send it as the string it is
+        held, self._typed = "".join(self._typed), []
+        return self._key + '"' + self._string(held)
+
+    def _string(self, text: str) -> str:
+        p = self._pending + text
+        if not self._lead_done:
+            if len(p) < 2:
+                self._pending = p
+                return ""
+            p, self._lead_done = _strip_lead(p), True
+        keep = _newline_tail(p)
+        self._pending = p[len(p) - keep :]
+        return _esc(p[: len(p) - keep])
+
+    def close(self) -> str:
+        if self._streams:
+            p = self._pending if self._lead_done else _strip_lead(self._pending)
+            if p.endswith("\r\n"):
+                p = p[:-2]
+            elif p.endswith("\n"):
+                p = p[:-1]
+            return _esc(p) + '"'
+        value = coerce_value(strip_template_newlines("".join(self._typed)), self._schema)
+        return self._key + json.dumps(value, ensure_ascii=False)
+
+    def end(self) -> str:
+        return "}"
 
 
 def resolve(
@@ -113,11 +236,17 @@ class StreamRewriter:
         *,
         max_call_chars: int = DEFAULT_MAX_CALL_CHARS,
         new_id: Callable[[], str] = new_call_id,
+        stream_calls: bool = True,
+        max_typed: int = MAX_TYPED_CHARS,
     ) -> None:
         self._schemas = schemas
         self._counters = counters
         self._new_id = new_id
-        self._parser = ToolCallParser(schemas.keys(), max_call_chars=max_call_chars)
+        self._max_typed = max_typed
+        self._stream_calls = stream_calls  # False: calls held until they close, no keep-alive (before #18)
+        self._parser = ToolCallParser(schemas.keys(), max_call_chars=max_call_chars, stream=stream_calls)
+        self._call: ArgStream | None = None  # the call being streamed
+        self._stream_index = -1  # its tool_calls index in the outgoing stream
         self._sse = SSEDecoder()
         self._finished = False  # the parser has seen the end of the reply
         self._held: list[bytes] = []  # raw events whose text is not settled yet
@@ -200,6 +329,8 @@ class StreamRewriter:
 
         res = bytearray(self._emit(self._held_out + outs))
         self._clear_held()
+        if not res and content and self._parser.in_call and self._stream_calls:
+            res += KEEPALIVE
         rest = {k: v for k, v in delta.items() if k != "content"}
         if tool_calls is not None:
             rest["tool_calls"] = tool_calls
@@ -227,13 +358,49 @@ class StreamRewriter:
     # -- helpers --------------------------------------------------------------------------
 
     def _resolve(self, pieces: list[Piece]) -> list[Out]:
-        outs = resolve(pieces, self._schemas, self._counters, self._new_id)
-        self._repaired += sum(isinstance(o, ToolCall) for o in outs)
-        return outs
+        out: list[Out] = []
+        for p in pieces:
+            if isinstance(p, CallOpen):
+                self._call = ArgStream(self._schemas.get(p.name), max_typed=self._max_typed)
+                out.append(ArgDelta(self._call.start(), id=self._new_id(), name=p.name))
+                continue
+            call = self._call
+            if isinstance(p, ParamOpen | ParamText | ParamClose):
+                assert call is not None, "parameter piece outside an opened call"
+                if piece := _arg_piece(call, p):
+                    out.append(ArgDelta(piece))
+            elif isinstance(p, Call) and call is not None:
+                self._counters.repaired += 1
+                self._repaired += 1
+                out.append(ArgDelta(call.end()))
+                self._call = None
+            else:
+                if isinstance(p, Rejected) and p.opened:
+                    self._call = None  # its arguments stay unclosed: never valid JSON, never run
+                outs = resolve([p], self._schemas, self._counters, self._new_id)
+                self._repaired += sum(isinstance(o, ToolCall) for o in outs)
+                out += outs
+        return out
 
     def _emit(self, outs: list[Out]) -> bytes:
         res = bytearray()
+        pending: dict[str, Any] | None = None  # consecutive argument pieces of one call go out as one delta
         for o in outs:
+            if isinstance(o, ArgDelta):
+                if o.id is not None:
+                    if pending is not None:
+                        res += self._synth({"tool_calls": [pending]})
+                    self._stream_index, self._next_index = self._next_index, self._next_index + 1
+                    fn = {"name": o.name, "arguments": o.arguments}
+                    pending = {"index": self._stream_index, "id": o.id, "type": "function", "function": fn}
+                elif pending is not None:
+                    pending["function"]["arguments"] += o.arguments
+                else:
+                    pending = {"index": self._stream_index, "function": {"arguments": o.arguments}}
+                continue
+            if pending is not None:
+                res += self._synth({"tool_calls": [pending]})
+                pending = None
             if isinstance(o, str):
                 if o:
                     res += self._synth({"content": o})
@@ -241,6 +408,8 @@ class StreamRewriter:
                 tc = {"index": self._next_index, **o.api()}
                 self._next_index += 1
                 res += self._synth({"tool_calls": [tc]})
+        if pending is not None:
+            res += self._synth({"tool_calls": [pending]})
         return bytes(res)
 
     def _synth(self, delta: dict[str, Any]) -> bytes:

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-ROLES = ("clone", "agent", "report")
+ROLES = ("clone", "agent", "report", "push")
 
 
 def main(argv: list[str] | None = None) -> int:

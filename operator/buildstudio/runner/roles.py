@@ -384,6 +384,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["push"]:  # the ship pod's one container: no spec of the sandbox's kind
+        from buildstudio.runner.push import main as push_main
+
+        return push_main(argv[1:])
     args = parse_args(argv)
     try:
         spec = load_spec(args.spec)
