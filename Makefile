@@ -38,6 +38,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check operator tests $(wildcard bench hack)
 	$(BIN)/mypy operator/buildstudio
 	$(BIN)/buildstudio crds --check
+	$(BIN)/lint-imports --no-cache
 
 crds: $(BIN)/.installed
 	$(BIN)/buildstudio crds

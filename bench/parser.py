@@ -105,7 +105,7 @@ def generate(size: int) -> Iterator[bytes]:
 
 
 def run_one(size: int, decoder: str) -> dict[str, float | str]:
-    from buildstudio import events
+    from buildstudio.engines import opencode_stream as events
 
     if decoder == "stdlib":
         events.loads = events.loads_stdlib

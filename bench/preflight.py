@@ -20,8 +20,10 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from buildstudio.preflight import PreflightCache, ProbeTarget, decide, probe
-from buildstudio.preflight.probe import new_client
+from buildstudio.adapters.modelservice.cache import PreflightCache
+from buildstudio.adapters.modelservice.probe import new_client, probe
+from buildstudio.core.observation import ProbeTarget
+from buildstudio.core.preflight import decide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared hang servers live in tests/
 

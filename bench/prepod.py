@@ -32,13 +32,13 @@ sys.path.insert(0, str(REPO))
 
 from bench.reconcile import dispatch, engine, present_status  # noqa: E402
 
+from buildstudio.adapters.modelservice.cache import PreflightCache  # noqa: E402
+from buildstudio.commands.scripted_server import ScriptedServer  # noqa: E402
 from buildstudio.core import manifests as mf  # noqa: E402
 from buildstudio.core.settings import SandboxDefaults, Settings  # noqa: E402
 from buildstudio.handlers import build_registry, configure  # noqa: E402
 from buildstudio.handlers import dispatch as driver  # noqa: E402
 from buildstudio.handlers.context import OperatorContext  # noqa: E402
-from buildstudio.preflight.cache import PreflightCache  # noqa: E402
-from buildstudio.scripted_server import ScriptedServer  # noqa: E402
 
 GROUP, VERSION = "buildstudio.dpf.dev", "v1alpha1"
 DISPATCHES = references.Resource(

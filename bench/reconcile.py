@@ -9,13 +9,16 @@
 3. RSS: the operator with ``maxRunning: 1`` and 1000 dispatches, once 999 are ``Queued``.
 
 Series: one at a time (next POST as soon as the previous pod shows), 50 ms apart (the previous
-dispatch's follow-up writes have settled), and a burst. Per series it also prints the CPU per
-dispatch (operator, with its garbage collector's share and longest collection; emulator + bench
-client) and the breakdown: when each API call of a dispatch reached the emulator, median ms after
-its POST (``RecordingEmulator``). Then the paired series: both operators up at once, each with its
-own emulator, dispatches alternating between them 50 ms apart, so that the host's drift (the
-rounds run minutes apart) hits both sides alike. Both
-operators run with kopf's default batching/watching settings and the same trimmed emulator;
+dispatch's follow-up writes have settled), and a burst (all N POSTs at once over 16 connections).
+The burst's ours/bare ratio is NOT a floor comparison: the bare operator makes 2 writes per dispatch
+and ours about three times as many, and the emulator shares this process; the honest burst (emulator
+in its own process, a floor making the operator's own writes, CPU per process) is bench/burst.py.
+Per series it also prints the CPU per dispatch (operator, with its garbage collector's share and
+longest collection; emulator + bench client) and the breakdown: when each API call of a dispatch
+reached the emulator, median ms after its POST (``RecordingEmulator``). Then the paired series:
+both operators up at once, each with its own emulator, dispatches alternating between them 50 ms
+apart, so that the host's drift (the rounds run minutes apart) hits both sides alike.
+Both operators run with kopf's default batching/watching settings and the same trimmed emulator;
 the bare one has no finalizer, status, indexes or daemons, so it does 2 writes per dispatch.
 
 Prints figures only (goals: ours/bare p50 ≤ 1.3x, RSS ≤ 250 MB); asserts nothing about timing.
@@ -48,8 +51,8 @@ sys.path.insert(0, str(REPO))
 from tests.kube.client import kubeconfig_text  # noqa: E402
 from tests.kube.emulator import Emulator, register_buildstudio  # noqa: E402
 
+from buildstudio.commands.scripted_server import ScriptedServer  # noqa: E402
 from buildstudio.core.settings import SandboxDefaults  # noqa: E402
-from buildstudio.scripted_server import ScriptedServer  # noqa: E402
 
 OURS = """
 import logging, kopf
@@ -80,7 +83,7 @@ BARE = """
 import logging, kopf
 from buildstudio.core import manifests as mf
 from buildstudio.core.settings import SandboxDefaults
-from buildstudio.kube import Kube
+from buildstudio.adapters.kube import Kube
 logging.basicConfig(level=logging.WARNING)
 registry = kopf.OperatorRegistry()
 state = {}
@@ -280,16 +283,23 @@ class Bench:
                 await asyncio.sleep(settle)
         return sorted(out)
 
-    async def burst(self, n: int, prefix: str, bound: float) -> list[float]:
+    async def burst(self, n: int, prefix: str, bound: float, clients: int = 16) -> list[float]:
+        """All N POSTs at once over ``clients`` connections (it used to post one after another,
+        awaiting each: a stream at the client's pace, not a burst). Latency per dispatch is from
+        its own POST's answer to its pod ADDED."""
         posted: dict[str, float] = {}
-        for i in range(n):
-            name = f"{prefix}-{i}"
-            r = await self.http.post(
-                "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches", json=dispatch(name)
-            )
+        sem = asyncio.Semaphore(clients)
+
+        async def post(name: str) -> None:
+            async with sem:
+                r = await self.http.post(
+                    "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches", json=dispatch(name)
+                )
             r.raise_for_status()
             posted[name] = time.perf_counter()
             self.posted["latencies"][name] = posted[name]
+
+        await asyncio.gather(*(post(f"{prefix}-{i}") for i in range(n)))
         deadline = time.perf_counter() + bound
         while time.perf_counter() < deadline:
             if all(f"{name}-1" in self.pods_seen for name in posted):
@@ -483,7 +493,9 @@ async def main() -> None:
         bare_f, ours_f = figures["bare kopf handler"], figures["buildstudio operator"]
         print(
             f"{mode:13s} ratio ours/bare: p50 {ours_f['p50'] / bare_f['p50']:.2f}x  "
-            f"p95 {ours_f['p95'] / bare_f['p95']:.2f}x  (goal ≤ 1.3x)"
+            f"p95 {ours_f['p95'] / bare_f['p95']:.2f}x  "
+            + ("(not a floor: bare makes 2 writes a dispatch; see bench/burst.py)" if key == "latencies"
+               else "(goal ≤ 1.3x)")
         )
     bare, ours = rounds[-1]
     print("Last round, in detail:")

@@ -4,7 +4,7 @@ and the silence a client sees while a long text-format tool call streams (issue 
     .venv/bin/python bench/relay.py [--chunks 4000] [--requests 40] [--repeats 15]
 
 Three processes on loopback, as in a sandbox: a raw SSE upstream (this file, ``--upstream``),
-the relay (``python -m buildstudio.relay``) and the client (this process). Each figure compares
+the relay (``python -m buildstudio.sandbox.relay``) and the client (this process). Each figure compares
 the same request sent directly to the upstream and through the relay. The silence figures
 count, as the issue did, upstream chunks of a long ``write`` call that produce no downstream
 byte, before (calls held until they close) and after (calls streamed as tool_calls deltas),
@@ -153,7 +153,7 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         direct = f"http://127.0.0.1:{await _wait_port(tmp / 'up', up)}/v1"
         relay = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "buildstudio.relay", "--upstream", direct, "--port-file", str(tmp / "relay"),
+            sys.executable, "-m", "buildstudio.sandbox.relay", "--upstream", direct, "--port-file", str(tmp / "relay"),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         via = f"http://127.0.0.1:{await _wait_port(tmp / 'relay', relay)}/v1"
@@ -223,8 +223,8 @@ def _longest(flags: list[bool]) -> int:
 
 def silence(chunks: int, repeats: int) -> None:
     """The issue's measure, in process: upstream chunks of a long write call with no downstream byte."""
-    from buildstudio.relay.counters import RelayCounters
-    from buildstudio.relay.rewrite import StreamRewriter
+    from buildstudio.sandbox.relay.counters import RelayCounters
+    from buildstudio.sandbox.relay.rewrite import StreamRewriter
 
     schemas = {"write": WRITE_TOOL["function"]["parameters"]}  # type: ignore[index]
     code = ("def f(x):\n    return x < 3 and '</div>' or x > 1\n" * (chunks // 12 + 1))[: chunks * 4]
@@ -261,8 +261,8 @@ def silence(chunks: int, repeats: int) -> None:
 
 def in_process(chunks: int) -> None:
     """CPU cost of the rewriter alone (no sockets)."""
-    from buildstudio.relay.counters import RelayCounters
-    from buildstudio.relay.rewrite import StreamRewriter
+    from buildstudio.sandbox.relay.counters import RelayCounters
+    from buildstudio.sandbox.relay.rewrite import StreamRewriter
 
     schemas = {"write": WRITE_TOOL["function"]["parameters"]}  # type: ignore[index]
     for kind, evs in payloads(chunks).items():

@@ -1,4 +1,4 @@
-"""Runner overhead: wall time of `python -m buildstudio.runner` vs bare `opencode run`, same scripted model,
+"""Runner overhead: wall time of `python -m buildstudio.sandbox.runner` vs bare `opencode run`, same scripted model,
 same repo content, same config and environment. Goal: ≤ +5 % or ≤ +300 ms (median). Prints figures only.
 
     .venv/bin/python bench/runner_overhead.py [--rounds 5]
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -19,12 +18,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "operator"))
 
-import git  # noqa: E402
 
-from buildstudio import opencode_config, records  # noqa: E402
-from buildstudio.runner.spec import RunnerSpec, dump_spec  # noqa: E402
-from buildstudio.runner.supervise import opencode_argv, opencode_env  # noqa: E402
-from buildstudio.scripted_server import ScriptedServer  # noqa: E402
+from buildstudio.commands.localbase import make_sample_repo  # noqa: E402
+from buildstudio.commands.scripted_server import ScriptedServer  # noqa: E402
+from buildstudio.engines import opencode_config  # noqa: E402
+from buildstudio.protocol import records  # noqa: E402
+from buildstudio.protocol.spec import RunnerSpec  # noqa: E402
+from buildstudio.sandbox.runner.launch import find_opencode, start_runner, write_spec  # noqa: E402
+from buildstudio.sandbox.runner.supervise import opencode_argv, opencode_env  # noqa: E402
 
 SCRIPT = [
     {"tool": "write", "args": {"filePath": "hello.py", "content": "print('hello')\n"}},
@@ -33,26 +34,9 @@ SCRIPT = [
 PROMPT = "Write hello.py that prints hello."
 
 
-def find_opencode() -> str:
-    local = REPO_ROOT / ".tools" / "opencode" / "node_modules" / ".bin" / "opencode"
-    found = os.environ.get("OPENCODE_BIN") or (str(local) if local.exists() else shutil.which("opencode"))
-    if not found:
-        sys.exit("opencode not found: set OPENCODE_BIN")
-    return found
-
-
-def make_repo(path: Path) -> None:
-    path.mkdir(parents=True)
-    (path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
-    repo = git.Repo.init(path)
-    repo.index.add(["calc.py"])
-    actor = git.Actor("b", "b@b")
-    repo.index.commit("init", author=actor, committer=actor)
-
-
 async def bare(opencode: str, base_url: str, tmp: Path) -> float:
     ws, home = tmp / "ws", tmp / "home"
-    make_repo(ws)
+    make_sample_repo(ws)
     spec = RunnerSpec(prompt=PROMPT, model="qwen3-coder", base_url=base_url)
     cfg = opencode_config.build_config(base_url=base_url, model="qwen3-coder", context=65536, output=8192)
     opencode_config.write_config(home, cfg)
@@ -75,24 +59,11 @@ OWN: list[float] = []  # runner wall time minus opencode's lifetime inside it (l
 
 async def runner(opencode: str, base_url: str, tmp: Path) -> float:
     ws = tmp / "ws"
-    make_repo(ws)
+    make_sample_repo(ws)
     spec = RunnerSpec(prompt=PROMPT, model="qwen3-coder", base_url=base_url)
-    (tmp / "spec.json").write_text(dump_spec(spec))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator"), "OPENCODE_BIN": opencode}
+    spec_file = write_spec(spec, tmp / "spec.json")
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "buildstudio.runner",
-        "--spec",
-        str(tmp / "spec.json"),
-        "--workspace",
-        str(ws),
-        "--home",
-        str(tmp / "home"),
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    proc = await start_runner(spec_file, workspace=ws, home=tmp / "home", opencode_bin=opencode, stderr=None)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     elapsed = time.monotonic() - t0
     recs = [records.parse_line(line) for line in out.splitlines()]
@@ -108,7 +79,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    opencode = find_opencode()
+    opencode = find_opencode() or sys.exit("opencode not found: set OPENCODE_BIN")
     times: dict[str, list[float]] = {"bare": [], "runner": []}
     for i in range(args.rounds):
         # Alternate the order so drift in host load hits both sides alike.

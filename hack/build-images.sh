@@ -142,7 +142,13 @@ build() {  # $1 = sandbox|operator, then build args
 }
 
 total=$(now)
-build sandbox --build-arg "NODE_IMAGE=$node_base" --build-arg "RUNTIME_IMAGE=$py_base"
+# The cloud engines baked into the sandbox image: BUILDSTUDIO_ENGINES (default "opencode", the lean image;
+# "opencode claude codex grok" for the full one), their versions from operator/buildstudio/pins.py.
+pin() { sed -n "s/^$1 = \"\([^\"]*\)\".*/\1/p" operator/buildstudio/pins.py; }
+engine_args=(--build-arg "ENGINES=${BUILDSTUDIO_ENGINES:-opencode}"
+  --build-arg "CLAUDE_CODE_VERSION=$(pin CLAUDE_CODE_VERSION)" --build-arg "CODEX_VERSION=$(pin CODEX_VERSION)"
+  --build-arg "GROK_CLI_VERSION=$(pin GROK_CLI_VERSION)" --build-arg "GROK_CLI_BINARY_VERSION=$(pin GROK_CLI_BINARY_VERSION)")
+build sandbox --build-arg "NODE_IMAGE=$node_base" --build-arg "RUNTIME_IMAGE=$py_base" "${engine_args[@]}"
 build operator --build-arg "PYTHON_IMAGE=$py_base"
 { printf '{"bases": "%s", "images": [' "$key"; cat "$out/sandbox.json"; printf ', '; cat "$out/operator.json"; printf ']}\n'; } \
   >"$out/images.json"

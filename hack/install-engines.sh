@@ -8,17 +8,19 @@
 # land in .tools/engines/bin/. Only the npm registry is contacted (npm's own client and its config);
 # claude's postinstall is allowed to run (it only links the platform binary, and works offline).
 #
-# Pins (one place until they move into buildstudio/pins.py; engines/build-engines.yaml must agree):
-#   claude  @anthropic-ai/claude-code 2.1.332  newest on the registry (2026-11-24), measured in
-#           docs/engines/claude.md; the registry's 2.1.331 is one day older and was not measured.
-#   codex   @openai/codex 0.171.0             newest (2026-11-20); measured in docs/engines/codex.md.
-#   grok    @vibe-kit/grok-cli 0.0.34          the only version published; its binary says 1.0.1.
+# Pins: operator/buildstudio/pins.py (CLAUDE_CODE_VERSION, CODEX_VERSION, GROK_CLI_VERSION), read here; the
+# registry rows, Dockerfile.sandbox's ARGs and the adapters follow the same constants (tests/engines/test_pins.py).
+#   claude  @anthropic-ai/claude-code  newest on the registry when measured (docs/engines/claude.md)
+#   codex   @openai/codex              newest when measured (docs/engines/codex.md)
+#   grok    @vibe-kit/grok-cli         the only version published; its binary prints GROK_CLI_BINARY_VERSION
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CLAUDE_VERSION=2.1.332
-CODEX_VERSION=0.171.0
-GROK_VERSION=0.0.34
+pin() { sed -n "s/^$1 = \"\([^\"]*\)\".*/\1/p" operator/buildstudio/pins.py; }
+CLAUDE_VERSION=$(pin CLAUDE_CODE_VERSION)
+CODEX_VERSION=$(pin CODEX_VERSION)
+GROK_VERSION=$(pin GROK_CLI_VERSION)
+[ -n "$CLAUDE_VERSION" ] && [ -n "$CODEX_VERSION" ] && [ -n "$GROK_VERSION" ] || { echo "cannot read the pins from operator/buildstudio/pins.py" >&2; exit 1; }
 
 root=${BUILDSTUDIO_ENGINES_DIR:-$PWD/.tools/engines}
 mkdir -p "$root/bin"

@@ -3,7 +3,7 @@
 Schema: openapi-schema-validator (OpenAPI 3.0 keywords, `nullable`), with
 `additionalProperties: false` added wherever the CRD does not preserve unknown fields,
 since the apiserver prunes and `kubectl apply --validate=strict` rejects unknown fields.
-CEL: buildstudio.validation (cel-python), after structural defaulting.
+CEL: buildstudio.core.cel (cel-python), after structural defaulting.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from openapi_schema_validator import OAS30Validator
 
 from buildstudio.api import crdgen
-from buildstudio.validation import apply_defaults, cel_violations
+from buildstudio.core.cel import apply_defaults, cel_violations
 
 
 def _strict(node: Any) -> Any:

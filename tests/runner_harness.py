@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,22 +12,13 @@ from typing import Any
 
 import git
 
-from buildstudio import records
+from buildstudio.protocol import records
+from buildstudio.sandbox.runner.launch import find_opencode, start_runner, write_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def find_opencode() -> str | None:
-    """$OPENCODE_BIN, then .tools/opencode/node_modules/.bin/opencode, then PATH."""
-    if os.environ.get("OPENCODE_BIN"):
-        return os.environ["OPENCODE_BIN"]
-    local = REPO_ROOT / ".tools" / "opencode" / "node_modules" / ".bin" / "opencode"
-    if local.exists():
-        return str(local)
-    return shutil.which("opencode")
-
-
-OPENCODE = find_opencode()
+OPENCODE = find_opencode()  # $OPENCODE_BIN, the repo's .tools install, PATH
 SKIP_REASON = "opencode binary not found (set OPENCODE_BIN, or install it under .tools/opencode, or on PATH)"
 
 
@@ -77,26 +65,17 @@ async def run_runner(
     opencode: str | None = None,
     during: Callable[[asyncio.subprocess.Process], Awaitable[None]] | None = None,
     limit: float = 90.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Run:
-    """Run ``python -m buildstudio.runner`` like the pod would; ``during`` runs alongside (e.g. cancel)."""
-    spec_file = tmp / "spec.json"
-    spec_file.write_text(json.dumps(spec_dict))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator"), "OPENCODE_BIN": opencode or OPENCODE or ""}
+    """Run ``python -m buildstudio.sandbox.runner`` like the pod would; ``during`` runs alongside (e.g. cancel)."""
+    spec_file = write_spec(spec_dict, tmp / "spec.json")
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "buildstudio.runner",
-        "--spec",
-        str(spec_file),
-        "--workspace",
-        str(ws),
-        "--home",
-        str(tmp / "home"),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+    proc = await start_runner(
+        spec_file,
+        workspace=ws,
+        home=tmp / "home",
+        opencode_bin=opencode or OPENCODE or "",
+        env={**os.environ, **(extra_env or {})},
     )
     side = asyncio.ensure_future(during(proc)) if during else None
     try:

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from buildstudio.api import BuildDispatch, BuildEngine, crdgen
+from buildstudio.api import BuildDispatch, BuildEngine, BuildPipeline, crdgen
 from buildstudio.cli import main
 from tests import crdcheck
 
@@ -113,7 +113,7 @@ def test_examples_exist() -> None:
 def test_valid_examples_pass_schema_cel_and_models(path: Path) -> None:
     for doc in _docs(path):
         assert crdcheck.errors(doc) == [], path.name
-        model = BuildEngine if doc["kind"] == "BuildEngine" else BuildDispatch
+        model = {"BuildEngine": BuildEngine, "BuildPipeline": BuildPipeline}.get(doc["kind"], BuildDispatch)
         model.model_validate(doc)
 
 

@@ -7,18 +7,18 @@ import random
 import time
 import tracemalloc
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubernetes import client as k8s_client
+from aiohttp import web
+from kubernetes_asyncio import client as k8s_client
 
-from buildstudio import events
-from buildstudio.events import StreamFolder
-from buildstudio.kube import Kube
-from buildstudio.lines import OVERLONG_MARKER, LineSplitter, aiter_lines
-from buildstudio.records import MAX_LINE_BYTES, EventRecord, Outcome, ProgressRecord, dump, parse_line
-from buildstudio.relay.sse import SSEDecoder
+from buildstudio.adapters.kube import Kube
+from buildstudio.engines import opencode_stream as events
+from buildstudio.engines.opencode_stream import StreamFolder
+from buildstudio.protocol.lines import OVERLONG_MARKER, LineSplitter, aiter_lines
+from buildstudio.protocol.records import MAX_LINE_BYTES, EventRecord, Outcome, ProgressRecord, dump, parse_line
+from buildstudio.protocol.sse import SSEDecoder
 
 GOOD = dump(ProgressRecord(stage="running", steps=3))
 DEEP = 100_000
@@ -140,31 +140,35 @@ async def test_aiter_lines_reads_an_async_source() -> None:
 # --------------------------------------------------------------------------- the operator's log follower
 
 
-class _FakeLogResponse:
-    status = 200
-    reason = "OK"
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self.response = SimpleNamespace(
-            stream=lambda _size, decode_content=True: chunks, shutdown=lambda: None, close=lambda: None
-        )
-
-
 async def test_follow_log_survives_a_30_megabyte_line() -> None:
-    """Was: bytes buffer grown with += and re-split per chunk (31 s, memory unbounded)."""
+    """Was: bytes buffer grown with += and re-split per chunk (31 s, memory unbounded). The log is
+    streamed by a loopback server as the API server would (chunked, ``follow=true``)."""
 
-    def log() -> Iterator[bytes]:
-        yield GOOD.encode() + b"\n"
-        yield from thirty_mb_without_newline(16384)
-        yield b"\n" + GOOD.encode() + b"\n" + b"\xff\xfe not utf-8\n"
+    async def log(request: web.Request) -> web.StreamResponse:
+        assert request.query.get("follow") == "true"
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        await resp.write(GOOD.encode() + b"\n")
+        for chunk in thirty_mb_without_newline(16384):
+            await resp.write(chunk)
+        await resp.write(b"\n" + GOOD.encode() + b"\n" + b"\xff\xfe not utf-8\n")
+        return resp
 
-    kube = Kube(k8s_client.ApiClient())
-    kube._send = lambda *a, **kw: _FakeLogResponse(log())  # type: ignore[method-assign]
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", log)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    conf = k8s_client.Configuration(host=f"http://127.0.0.1:{port}")
+    kube = Kube(k8s_client.ApiClient(conf))
     start = time.perf_counter()
     try:
         lines = [line async for line in kube.follow_log("dev", "fix-1-1", idle_timeout=30)]
     finally:
-        kube.close()
+        await kube.aclose()
+        await runner.cleanup()
     assert time.perf_counter() - start < 10.0
     parsed = [parse_line(line) for line in lines]
     assert parsed == [parsed[0], None, parsed[0], None] and isinstance(parsed[0], ProgressRecord)
@@ -202,7 +206,7 @@ def test_stream_folder_counts_bad_lines_and_goes_on(decoder: str, monkeypatch: p
 
 def test_sse_decoder_scans_each_byte_once() -> None:
     """Was: the held event re-searched per chunk (16 MB without an end: 76 s)."""
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(pass_oversized=True)  # the relay's
     start = time.perf_counter()
     out: list[Any] = []
     for chunk in thirty_mb_without_newline(16384):

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from buildstudio.core import inputs
-from buildstudio.runner import workspace
-from buildstudio.runner.spec import RepoSource
+from buildstudio.api import inputs
+from buildstudio.protocol.spec import RepoSource
+from buildstudio.sandbox.runner import workspace
 
 TOKEN = "s3cr3t-t0ken-value"
 REAL_GIT = shutil.which("git") or "git"

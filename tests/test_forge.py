@@ -19,9 +19,9 @@ import pytest
 
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core.forge import project_of, pull_request, pull_request_url
+from buildstudio.core.ship import ShipPlan
 from buildstudio.core.shippod import PullRequestSpec, PushPlan, plan_push
-from buildstudio.phases.ship import ShipPlan
-from buildstudio.records import DiffStat
+from buildstudio.protocol.records import DiffStat
 from tests.operator.smartgit import git, make_remote, smart_git_server
 from tests.test_push import FILES, PATCH, TOKEN, _run_push, _spec
 

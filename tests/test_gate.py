@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from buildstudio import registry
+from buildstudio.adapters import registry
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.api.engine import BuildEngineSpec
-from buildstudio.gate import EngineState, GateDecision, decide, detect_engine
+from buildstudio.core.gate import EngineState, GateDecision, decide, detect_engine
 
 SPECS = {e.name: e.spec for e in registry.load()}
 
@@ -44,7 +44,7 @@ CASES: list[tuple[str, list[EngineState], dict[str, Any], tuple[bool, str, str |
     ("no engines at all", [], {"model": "qwen3-coder"}, (False, "NoEngineForModel", None, None)),
     ("cloud engine without its Secret", [state("claude", present=False)], {"engine": "claude"},
      (False, "EngineNotPresent", "claude", "claude-sonnet-4-5")),
-    ("cloud engine present", [state("codex")], {"engine": "codex"}, (True, "Admitted", "codex", "gpt-5-codex")),
+    ("cloud engine present", [state("codex")], {"engine": "codex"}, (True, "Admitted", "codex", "gpt-5.5")),
     ("plan phase is text generation on the strong local model", NONE_PRESENT, {"phase": "plan", "repo": None},
      (True, "Admitted", "opencode", "qwen3-coder")),
     ("plan on a cloud engine is refused", ALL_PRESENT, {"phase": "plan", "engine": "claude"},

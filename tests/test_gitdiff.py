@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from buildstudio.gitdiff import (
+from buildstudio.adapters.gitdiff import (
     Entry,
     GitDiffError,
     PatchSink,

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from buildstudio import localrun
+from buildstudio.api import inputs
 from buildstudio.api.dispatch import BuildDispatchSpec
-from buildstudio.core import inputs
+from buildstudio.commands import local_spec
 from buildstudio.core import machine as m
+from buildstudio.core.body import parse_dispatch
+from buildstudio.core.cel import cel_violations
 from buildstudio.core.settings import Settings
-from buildstudio.handlers.dispatch import parse_dispatch
-from buildstudio.validation import cel_violations
 from tests import crdcheck
 
 OPTION_REFS = ["--pathspec-from-file=/etc/passwd", "-f", "--orphan=x", "-b"]
@@ -146,7 +146,7 @@ def test_url_rules_mean_the_same_in_python_and_in_cel(value: str) -> None:
     + [({"url": url}, "spec.repo.url") for url in BAD_URLS],
 )
 def test_the_operator_refuses_the_dispatch_before_any_child_object(repo: dict[str, str], field: str) -> None:
-    d, error = parse_dispatch(_dispatch(repo))
+    d, error = parse_dispatch(_dispatch(repo), datetime(2026, 11, 25, tzinfo=UTC))
     assert d is None and error.startswith(f"{field}: ")
     fallback = m.Dispatch("d", "n", "u", 1, datetime(2026, 11, 25, tzinfo=UTC), BuildDispatchSpec(prompt="-"))
     step = m.invalid_spec(fallback, error, datetime(2026, 11, 25, tzinfo=UTC), Settings())
@@ -157,7 +157,8 @@ def test_the_operator_refuses_the_dispatch_before_any_child_object(repo: dict[st
 
 @pytest.mark.parametrize("ref", GOOD_REFS)
 def test_the_operator_accepts_good_refs(ref: str) -> None:
-    d, error = parse_dispatch(_dispatch({"url": "git@github.com:o/r.git", "ref": ref}))
+    body = _dispatch({"url": "git@github.com:o/r.git", "ref": ref})
+    d, error = parse_dispatch(body, datetime(2026, 11, 25, tzinfo=UTC))
     assert error == "" and d is not None and d.spec.repo is not None and d.spec.repo.ref == ref
 
 
@@ -188,17 +189,17 @@ def test_the_crd_accepts_good_urls_and_refs(url: str, ref: str) -> None:
 
 def test_local_manifests_may_name_a_local_repository() -> None:
     manifest = _dispatch({"url": "file:///srv/r.git", "ref": "dev"})
-    assert localrun.manifest_errors(manifest) == []
+    assert local_spec.manifest_errors(manifest) == []
     assert crdcheck.errors(manifest) != []  # the cluster would not take it
     manifest["spec"]["repo"] = {"url": "ext::sh -c x"}
-    assert any("spec.repo.url" in e for e in localrun.manifest_errors(manifest))
+    assert any("spec.repo.url" in e for e in local_spec.manifest_errors(manifest))
     manifest["spec"]["repo"] = {"url": "file:///srv/r.git", "ref": "--orphan=x"}
-    assert any("spec.repo.ref" in e and "option" in e for e in localrun.manifest_errors(manifest))
+    assert any("spec.repo.ref" in e and "option" in e for e in local_spec.manifest_errors(manifest))
 
 
 def test_local_run_refuses_option_like_input_and_takes_paths() -> None:
-    assert localrun.repo_problem({"repo": ".", "ref": "main"}) is None
-    assert localrun.repo_problem({"repo": "/srv/r.git"}) is None
-    assert "option" in (localrun.repo_problem({"repo": ".", "ref": "--orphan=x"}) or "")
-    assert localrun.repo_problem({"repo": "--upload-pack=x"}) is not None
-    assert localrun.repo_problem({"repo": "ssh://-oProxyCommand=x/y"}) is not None
+    assert local_spec.repo_problem({"repo": ".", "ref": "main"}) is None
+    assert local_spec.repo_problem({"repo": "/srv/r.git"}) is None
+    assert "option" in (local_spec.repo_problem({"repo": ".", "ref": "--orphan=x"}) or "")
+    assert local_spec.repo_problem({"repo": "--upload-pack=x"}) is not None
+    assert local_spec.repo_problem({"repo": "ssh://-oProxyCommand=x/y"}) is not None

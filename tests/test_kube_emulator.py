@@ -9,13 +9,13 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, cast
+from typing import Any
 
 import kmock
 import kopf
-import kubernetes
 import pytest
 
+from buildstudio.adapters.kube import Kube as OperatorKube
 from tests.kube import objects, patching, pods, selectors, tables
 from tests.kube.client import BUILDDISPATCHES, CONFIGMAPS, EVENTS, PODS, SECRETS, ApiError, Kube, wait_for
 from tests.kube.emulator import register_crd
@@ -921,15 +921,18 @@ def child_pod_operator(calls: dict[str, int]) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.create("buildstudio.dpf.dev", "v1alpha1", "builddispatches", registry=registry)
-    def create_sandbox(body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, **_: Any) -> None:
+    async def create_sandbox(body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, **_: Any) -> None:
         calls[name] = calls.get(name, 0) + 1
         pod = pod_body(f"{name}-1", ["python", "-c", "print('hi')"])
-        pod["metadata"]["labels"] = {"buildstudio.dpf.dev/dispatch": name}
+        pod["metadata"].update(labels={"buildstudio.dpf.dev/dispatch": name}, namespace=namespace or "default")
         kopf.adopt(pod, owner=body)
-        config = os.environ["KUBECONFIG"]
-        with kubernetes.config.new_client_from_config(config_file=config) as api:  # type: ignore[no-untyped-call]
-            # The kubernetes client validates the body: an owner reference without a uid is refused.
-            kubernetes.client.CoreV1Api(api).create_namespaced_pod(namespace or "default", cast(Any, pod))
+        # The emulator stores a uid, so the adopted pod's owner reference carries one (GC needs it).
+        assert pod["metadata"]["ownerReferences"][0]["uid"], pod["metadata"]["ownerReferences"]
+        kube = OperatorKube.from_config(os.environ["KUBECONFIG"], in_cluster=False)
+        try:
+            await kube.create(pod)  # the operator's own client (kubernetes_asyncio)
+        finally:
+            await kube.aclose()
         patch.status["conditions"] = [{"type": "Admitted", "status": "True", "reason": "Test"}]
 
     return registry

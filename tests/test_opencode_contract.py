@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from buildstudio import opencode_config, pins
-from buildstudio.runner.spec import RunnerSpec
-from buildstudio.runner.supervise import opencode_argv, opencode_env
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio import pins
+from buildstudio.commands.scripted_server import ScriptedServer
+from buildstudio.engines import opencode_config
+from buildstudio.protocol.spec import RunnerSpec
+from buildstudio.sandbox.runner.supervise import opencode_argv, opencode_env
 from tests.runner_harness import OPENCODE, SKIP_REASON, make_repo, user_messages
 
 pytestmark = [pytest.mark.opencode, pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)]

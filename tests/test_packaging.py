@@ -159,8 +159,12 @@ CLUSTER_SCOPED: set[Triple] = (
 # Only namespaced kopf lists/watches namespaces (kopf/_core/reactor/observation.py, namespace_observer).
 NAMESPACE_SCAN: set[Triple] = _triples("", ["namespaces"], ["list", "watch"])
 NAMESPACED: set[Triple] = (
-    _triples("buildstudio.dpf.dev", ["builddispatches"], ["get", "list", "watch", "patch", "delete"])
+    _triples("buildstudio.dpf.dev", ["builddispatches"], ["get", "list", "watch", "patch", "delete", "create"])
     | _triples("buildstudio.dpf.dev", ["builddispatches/status"], ["patch"])
+    # A BuildPipeline's steps: the operator creates them, owned (blockOwnerDeletion) by the pipeline.
+    | _triples("buildstudio.dpf.dev", ["buildpipelines"], ["get", "list", "watch", "patch"])
+    | _triples("buildstudio.dpf.dev", ["buildpipelines/status"], ["patch"])
+    | _triples("buildstudio.dpf.dev", ["buildpipelines/finalizers"], ["update"])
     | _triples("", ["pods"], ["create", "get", "list", "watch", "delete"])
     | _triples("", ["pods/log"], ["get"])
     | _triples("", ["configmaps"], ["create", "get"])
@@ -766,7 +770,7 @@ def test_dockerfile_arg_defaults_equal_the_pins(dockerfile: Path, required: set[
 
 def test_sandbox_image_runs_the_runner_as_non_root() -> None:
     final = final_stage(SANDBOX_DOCKERFILE)
-    assert [json.loads(e) for e in final["ENTRYPOINT"]] == [["python", "-m", "buildstudio.runner"]]
+    assert [json.loads(e) for e in final["ENTRYPOINT"]] == [["python", "-m", "buildstudio.sandbox.runner"]]
     assert [json.loads(c) for c in final["CMD"]] == [["--spec", "/etc/buildstudio/runner.json"]]
     user = final["USER"][-1].split(":")
     assert all(part.isdigit() and int(part) != 0 for part in user), user
@@ -776,8 +780,10 @@ def test_sandbox_image_runs_the_runner_as_non_root() -> None:
     # Pre-staged where the registry's prestaged-binary recipe looks, and linked onto PATH.
     assert any("/opt/dpf-engines/opencode/bin/opencode" in c for c in final["COPY"])
     assert any("ln -s /opt/dpf-engines/opencode/bin/opencode /usr/local/bin/opencode" in r for r in final["RUN"])
-    # node/npm stay in the build stage.
-    assert not any("npm" in r or "nodejs" in r for r in final["RUN"])
+    # npm stays in the build stages; Node.js reaches the runtime only for an ENGINES with codex or grok.
+    assert not any("npm" in r for r in final["RUN"])
+    only_for_node_engines = 'case " ${ENGINES} " in *" codex "*|*" grok "*) node=nodejs ;; esac'
+    assert all(only_for_node_engines in r for r in final["RUN"] if "nodejs" in r)
 
 
 def test_sandbox_matches_the_engine_registry() -> None:
@@ -843,7 +849,7 @@ def _dependency_closure(roots: Iterable[str]) -> set[str]:
 def runner_module_graph() -> set[str]:
     """Every buildstudio module the runner can import, also lazily inside functions (static AST walk)."""
     seen: set[str] = set()
-    todo = ["buildstudio.runner", "buildstudio.runner.__main__"]
+    todo = ["buildstudio.sandbox.runner", "buildstudio.sandbox.runner.__main__"]
     while todo:
         name = todo.pop()
         try:
@@ -853,7 +859,7 @@ def runner_module_graph() -> set[str]:
         if name in seen or spec is None or spec.origin is None:
             continue
         seen.add(name)
-        if spec.submodule_search_locations and name.startswith("buildstudio.runner"):  # all of the runner
+        if spec.submodule_search_locations and name.startswith("buildstudio.sandbox.runner"):  # all of the runner
             todo += [f"{name}.{p.stem}" for p in Path(spec.origin).parent.glob("*.py") if p.stem != "__init__"]
         for node in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
@@ -904,13 +910,13 @@ def test_runner_imports_only_what_the_sandbox_installs() -> None:
     )
     assert proc.returncode == 0, f"the runner needs a module the sandbox image does not install:\n{proc.stderr}"
     refused = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "kopf" not in refused and "kubernetes" not in refused, f"the runner tries to import {refused}"
+    assert not {"kopf", "kubernetes_asyncio"} & set(refused), f"the runner tries to import {refused}"
 
 
 def test_operator_pins_agree_with_pyproject() -> None:
     defaults = arg_defaults(parse_dockerfile(OPERATOR_DOCKERFILE.read_text(encoding="utf-8")))
     project = _project_requirements()
-    for arg, dist in (("KOPF_VERSION", "kopf"), ("KUBERNETES_CLIENT_VERSION", "kubernetes")):
+    for arg, dist in (("KOPF_VERSION", "kopf"), ("KUBERNETES_CLIENT_VERSION", "kubernetes-asyncio")):
         for version in defaults[arg]:
             assert project[dist].specifier.contains(version), f"{arg}={version} vs pyproject {project[dist]}"
 
@@ -966,7 +972,7 @@ if setpriv --reuid 65532 --regid 65532 --clear-groups touch /.rw-probe "$root/.r
 fi
 exec setpriv --reuid 65532 --regid 65532 --clear-groups env -i PATH=/usr/bin:/bin HOME="$root/home" \
   PYTHONDONTWRITEBYTECODE=1 OPENCODE_BIN="$opencode" \
-  "$python" -m buildstudio.runner --spec "$root/spec/runner.json" --workspace "$root/workspace"
+  "$python" -m buildstudio.sandbox.runner --spec "$root/spec/runner.json" --workspace "$root/workspace"
 """
 
 
@@ -1047,7 +1053,7 @@ def sandbox_fs() -> Iterator[SandboxFs]:
 async def test_runner_works_with_the_sandbox_filesystem_layout(sandbox_fs: SandboxFs) -> None:
     """What Dockerfile.sandbox and the pod promise: uid 65532 (no passwd entry needed), a read-only root,
     writable only workspace/$HOME/tmp. The real runner and the real opencode do a whole dispatch."""
-    from buildstudio.scripted_server import ScriptedServer
+    from buildstudio.commands.scripted_server import ScriptedServer
 
     script: list[dict[str, Any]] = [
         {"tool": "write", "args": {"filePath": "hello.txt", "content": "hello from the sandbox\n"}},
@@ -1118,7 +1124,7 @@ def test_dockerignore_keeps_the_build_context_minimal() -> None:
     assert copied == {"pyproject.toml", "README.md", "operator/"}
     for src in copied:
         assert not dockerignored(src, patterns), src
-    assert not dockerignored("operator/buildstudio/runner/__main__.py", patterns)
+    assert not dockerignored("operator/buildstudio/sandbox/runner/__main__.py", patterns)
     for path in (
         ".venv/bin/python",
         ".tools/opencode/package.json",

@@ -1,4 +1,4 @@
-"""The ship pod's push role (``python -m buildstudio.runner push``) as a process, against a real
+"""The ship pod's push role (``python -m buildstudio.sandbox.runner push``) as a process, against a real
 smart-HTTP git server on loopback (``git http-backend`` behind Basic auth), and the pure parts
 of ``core/shippod.py``: branch name, trailers, the failure classifier, the pod manifest."""
 
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from buildstudio import records
 from buildstudio.core import manifests as mf
 from buildstudio.core.settings import SandboxDefaults
 from buildstudio.core.shippod import (
@@ -29,6 +28,7 @@ from buildstudio.core.shippod import (
     ship_pod,
     trailer_lines,
 )
+from buildstudio.protocol import records
 from tests.operator.smartgit import GitServer, git, make_remote, refuse_pushes, smart_git_server
 from tests.runner_harness import REPO_ROOT
 
@@ -67,7 +67,7 @@ def _run_push(tmp: Path, spec: ShipSpec, patch: bytes, token: str | None) -> tup
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "ship.json").write_text(spec.to_json())
     (tmp / "patch.gz").write_bytes(gzip.compress(patch))
-    argv = [sys.executable, "-m", "buildstudio.runner", "push", "--spec", str(tmp / "ship.json")]
+    argv = [sys.executable, "-m", "buildstudio.sandbox.runner", "push", "--spec", str(tmp / "ship.json")]
     argv += ["--patch", str(tmp / "patch.gz"), "--scratch", str(tmp / "scratch"), "--allow-plaintext-credentials"]
     if token is not None:
         (tmp / "token").write_text(token + "\n")
@@ -311,7 +311,7 @@ def test_the_ship_pod_has_one_push_container_with_the_credential_and_no_agent() 
         and sc["readOnlyRootFilesystem"]
         and sc["capabilities"] == {"drop": ["ALL"]}
     )
-    assert push["command"][:4] == ["python", "-m", "buildstudio.runner", "push"]
+    assert push["command"][:4] == ["python", "-m", "buildstudio.sandbox.runner", "push"]
     assert "--credential-file" in push["command"]
     secrets = [v for v in spec["volumes"] if "secret" in v]
     assert [v["secret"]["secretName"] for v in secrets] == ["git-token"]
@@ -332,9 +332,9 @@ def test_the_ship_pod_has_one_push_container_with_the_credential_and_no_agent() 
 
 def test_plan_push_picks_the_remote_and_credential_and_refuses_what_it_must() -> None:
     from buildstudio.api.dispatch import BuildDispatchSpec
+    from buildstudio.core.ship import ShipPlan
     from buildstudio.core.shippod import PushPlan, PushRefusal, plan_push
-    from buildstudio.phases.ship import ShipPlan
-    from buildstudio.records import DiffStat
+    from buildstudio.protocol.records import DiffStat
 
     url = "https://git.example.com/calc.git"
     creds = {"name": "read-token", "key": "token"}

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from buildstudio import pins, registry
+from buildstudio import pins
+from buildstudio.adapters import registry
 from buildstudio.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

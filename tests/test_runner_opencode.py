@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from buildstudio import records
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.commands.scripted_server import ScriptedServer
+from buildstudio.protocol import records
 from tests.runner_harness import OPENCODE, REPO_ROOT, SKIP_REASON, make_repo, run_runner, spec, user_messages
 
 pytestmark = [pytest.mark.opencode, pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)]

@@ -19,11 +19,11 @@ from pathlib import Path
 import git
 import pytest
 
-from buildstudio import records
-from buildstudio.runner import procs, watchdog, workspace
-from buildstudio.runner.output import RecordWriter, one_line
-from buildstudio.runner.spec import RepoSource, RunnerSpec, RunnerTimeouts, dump_spec, load_spec
-from buildstudio.runner.supervise import opencode_argv, opencode_env
+from buildstudio.protocol import records
+from buildstudio.protocol.spec import RepoSource, RunnerSpec, RunnerTimeouts, dump_spec, load_spec
+from buildstudio.sandbox.runner import procs, watchdog, workspace
+from buildstudio.sandbox.runner.output import RecordWriter, one_line
+from buildstudio.sandbox.runner.supervise import opencode_argv, opencode_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ def test_watchdog(now: float, signals: watchdog.Signals, trip: watchdog.Trip | N
 
 
 def test_trip_values_are_the_verdict_vocabulary() -> None:
-    from buildstudio import verdict
+    from buildstudio.core import outcome as verdict
 
     assert set(verdict.WATCHDOG_OUTCOMES) | {verdict.EXIT_TIMER} == {t.value for t in watchdog.Trip}
 
@@ -114,14 +114,14 @@ def test_kill_descendants_reaches_processes_in_their_own_session(tmp_path: Path)
 
 
 def test_subreaper_can_be_set_in_a_child() -> None:
-    code = "from buildstudio.runner import procs; print(procs.set_child_subreaper())"
+    code = "from buildstudio.sandbox.runner import procs; print(procs.set_child_subreaper())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.strip() == "True"
 
 
 def test_runner_imports_nothing_of_kopf_or_kubernetes() -> None:
     code = (
-        "import sys, buildstudio.runner.__main__, buildstudio.runner.supervise\n"
+        "import sys, buildstudio.sandbox.runner.__main__, buildstudio.sandbox.runner.supervise\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'kubernetes_asyncio',"
         " 'kr8s', 'kmock'))\n"
         "print(','.join(bad))\n"
@@ -322,7 +322,7 @@ def test_runner_reports_a_bad_spec_as_a_result_record(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "buildstudio.runner",
+            "buildstudio.sandbox.runner",
             "--spec",
             str(tmp_path / "spec.json"),
             "--workspace",
@@ -349,7 +349,7 @@ def test_runner_workspace_error_without_opencode(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "buildstudio.runner",
+            "buildstudio.sandbox.runner",
             "--spec",
             str(tmp_path / "spec.json"),
             "--workspace",
@@ -376,7 +376,7 @@ def test_runner_reports_a_missing_opencode(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "buildstudio.runner",
+            "buildstudio.sandbox.runner",
             "--spec",
             str(tmp_path / "spec.json"),
             "--workspace",
@@ -426,7 +426,7 @@ async def test_hung_clone_is_killed(tmp_path: Path, how: str) -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "buildstudio.runner",
+            "buildstudio.sandbox.runner",
             "--spec",
             str(tmp_path / "spec.json"),
             "--workspace",
@@ -453,7 +453,7 @@ def test_private_repo_token_reaches_git_config_only_through_the_environment() ->
     import base64 as b64
     import subprocess as sp
 
-    from buildstudio.runner.workspace import credential_env
+    from buildstudio.sandbox.runner.workspace import credential_env
 
     assert credential_env("file:///srv/repo", "s3cr3t") == {}
     assert credential_env("git@git.example:r.git", "s3cr3t") == {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from buildstudio.localrun import isolation_prefix
+from buildstudio.commands.local_sandbox import isolation_prefix
 from tests.runner_harness import REPO_ROOT
 
 HOSTILE = REPO_ROOT / "tests" / "fixtures" / "hostile" / "opencode"

@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 
-from buildstudio import records, verdict
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import machine as m
 from buildstudio.core import manifests as mf
+from buildstudio.core import outcome as verdict
 from buildstudio.core.credentials import credential_refusal
 from buildstudio.core.settings import SandboxDefaults, Settings
+from buildstudio.core.source_dispatch import review_facts as _review_of
 from buildstudio.core.status import LiveState, fold_line, result_fields, verify_patch
-from buildstudio.handlers.phases import _review_of
-from buildstudio.records import DiffStat, Outcome, Patch, ResultRecord, ReviewRecord, RunSummary
+from buildstudio.protocol import records
+from buildstudio.protocol.records import DiffStat, Outcome, Patch, ResultRecord, ReviewRecord, RunSummary
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 FORGED_SHA = "f" * 64
@@ -232,7 +233,7 @@ def test_credentials_never_go_over_plain_http_unless_allowed() -> None:
 
 
 def test_refused_at_entry_before_any_child_exists() -> None:
-    from buildstudio.gate import GateDecision
+    from buildstudio.core.gate import GateDecision
 
     gate = GateDecision(admit=True, reason="Admitted", message="ok", engine="opencode", model="m")
     step = m.enter(_dispatch(), gate, None, NOW, Settings(), refusal=("CredentialNotAllowed", "spec.repo.x: no"))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from buildstudio.events import StreamFolder, format_error
-from buildstudio.records import DiffStat, Outcome, RunSummary, TokenUsage
-from buildstudio.verdict import judge, looks_like_text_tool_call
+from buildstudio.core.outcome import judge, looks_like_text_tool_call
+from buildstudio.engines.opencode_stream import StreamFolder, format_error
+from buildstudio.protocol.records import DiffStat, Outcome, RunSummary, TokenUsage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "opencode"
 NO_DIFF = DiffStat()

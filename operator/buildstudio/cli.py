@@ -18,13 +18,13 @@ from typing import Any, NoReturn
 import yaml
 
 from buildstudio import __version__
-from buildstudio.clierrors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, describe, one_line
+from buildstudio.commands.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, describe, one_line
 
 # Modules that add their own subcommands through `register(subparsers)`.
 SUBCOMMAND_MODULES = (
-    "buildstudio.localrun",  # run --local
-    "buildstudio.preflight.cli",  # preflight
-    "buildstudio.clusterctl",  # submit, watch, diff, cancel
+    "buildstudio.commands.local",  # run --local
+    "buildstudio.commands.preflight",  # preflight
+    "buildstudio.commands.cluster",  # submit, watch, diff, cancel
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _cmd_engines(args: argparse.Namespace) -> int:
-    from buildstudio import registry
+    from buildstudio.adapters import registry
 
     try:
         entries = registry.load(Path(args.file) if args.file else None)

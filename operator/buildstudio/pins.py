@@ -14,10 +14,18 @@ OPENCODE_NPM_PACKAGE = f"opencode-ai@{OPENCODE_VERSION}"
 OPENCODE_LINUX_BUILD = "linux-x64-baseline"
 OPENCODE_LINUX_TARBALL_SHA256 = "76f56feba203ed24ff855129de316959847b7af0a7095011d2d5145f6988c940"
 KOPF_VERSION = "1.45.2"
-KUBERNETES_CLIENT_VERSION = "37.0.2"
+KUBERNETES_CLIENT_VERSION = "36.1.0"  # kubernetes-asyncio
 # The real control plane of tests/controlplane/, built from the Go module proxy by hack/build-control-plane.sh.
 KUBE_CONTROL_PLANE_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
-
-API_GROUP = "buildstudio.dpf.dev"
-API_VERSION = "v1alpha1"
+# The cloud-engine CLIs (docs/engines/<engine>.md measured these exact versions; re-measure on a bump).
+# hack/install-engines.sh, Dockerfile.sandbox's ARGs (through hack/build-images.sh), the registry rows in
+# engines/build-engines.yaml and the adapters in buildstudio/engines/ all follow these
+# (tests/engines/test_pins.py).
+CLAUDE_CODE_VERSION = "2.1.332"
+CLAUDE_CODE_NPM_PACKAGE = f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"
+CODEX_VERSION = "0.171.0"
+CODEX_NPM_PACKAGE = f"@openai/codex@{CODEX_VERSION}"
+GROK_CLI_VERSION = "0.0.34"  # npm package version; the binary prints GROK_CLI_BINARY_VERSION
+GROK_CLI_BINARY_VERSION = "1.0.1"
+GROK_CLI_NPM_PACKAGE = f"@vibe-kit/grok-cli@{GROK_CLI_VERSION}"

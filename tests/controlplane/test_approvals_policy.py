@@ -31,7 +31,7 @@ def policy(control_plane: ControlPlane, crds: object) -> Iterator[str]:
     # RBAC lets every user here write dispatches: only the policy tells the approvers apart.
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "dispatchers", "namespace": NS},
-            "rules": [{"apiGroups": ["buildstudio.dpf.dev"], "resources": ["builddispatches"],
+            "rules": [{"apiGroups": ["buildstudio.dpf.dev"], "resources": ["builddispatches", "buildpipelines"],
                        "verbs": ["create", "get", "patch", "update"]}]}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": {"name": "dispatchers", "namespace": NS},
@@ -117,3 +117,41 @@ def test_changing_an_approval_is_checked_and_other_edits_are_not(control_plane: 
     assert labelled.returncode == 0, labelled.stderr
     stored = json.loads(control_plane.kubectl("get", "bd", "ship-4", "-n", NS, "-o", "json").stdout)
     assert stored["spec"]["approval"]["approvedBy"] == "bob"
+
+
+OPERATOR_SA = f"system:serviceaccount:bs-system:{chart.RELEASE}-build-studio"
+
+
+def _pipeline(name: str, approved_by: str) -> dict[str, Any]:
+    return {"apiVersion": "buildstudio.dpf.dev/v1alpha1", "kind": "BuildPipeline",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"prompt": "add subtract", "repo": {"url": "https://git.example/calc.git"},
+                     "approval": {"approvedBy": approved_by}}}
+
+
+def test_a_pipelines_approval_is_bound_to_the_approver_too(control_plane: ControlPlane, policy: str) -> None:
+    alice = _as(control_plane, "alice", GROUP)
+    made = _create(control_plane, alice, _pipeline("bp-1", "alice"), dry_run=True)
+    assert made.returncode == 0, made.stderr
+    spoofed = _create(control_plane, alice, _pipeline("bp-2", "bob"), dry_run=True)
+    assert spoofed.returncode != 0 and "own user name: alice" in spoofed.stderr
+    outsider = _create(control_plane, _as(control_plane, "mallory", "developers"), _pipeline("bp-3", "mallory"),
+                       dry_run=True)
+    assert outsider.returncode != 0 and "mallory is not" in outsider.stderr
+
+
+def test_only_the_operator_copies_a_pipelines_approval_into_its_ship_step(
+    control_plane: ControlPlane, policy: str
+) -> None:
+    step = _ship("bp-1-ship", "alice")
+    step["metadata"]["ownerReferences"] = [
+        {"apiVersion": "buildstudio.dpf.dev/v1alpha1", "kind": "BuildPipeline", "name": "bp-1",
+         "uid": "6d1f2b8e-0000-4000-8000-000000000001", "controller": True, "blockOwnerDeletion": True}]
+    operator = [f"--as={OPERATOR_SA}"]
+    copied = _create(control_plane, operator, step, dry_run=True)
+    assert copied.returncode == 0, copied.stderr
+    # Anyone else with the same owner reference is checked as usual; so is the operator without one.
+    forged = _create(control_plane, _as(control_plane, "bob", GROUP), step, dry_run=True)
+    assert forged.returncode != 0 and "own user name: bob" in forged.stderr
+    unowned = _create(control_plane, operator, _ship("loose-ship", "alice"), dry_run=True)
+    assert unowned.returncode != 0 and f"{OPERATOR_SA} is not" in unowned.stderr

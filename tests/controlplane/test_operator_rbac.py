@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from buildstudio.commands.scripted_server import ScriptedServer
 from buildstudio.core.settings import from_env
 from buildstudio.handlers import build_registry
-from buildstudio.scripted_server import ScriptedServer
 from tests.kube.client import BUILDDISPATCHES, BUILDENGINES, PODS, Kube, wait_for
 from tests.kube.kopf_runner import fast_settings
 from tests.kube.kubelet import Kubelet, PodScript

@@ -35,8 +35,13 @@ def _stop_reason(entry: ScriptEntry, has_calls: bool) -> str:
 
 class AnthropicServer(ScriptServer):
     def error_body(self, status: int) -> dict[str, Any]:
-        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+        kind = {
+            400: "invalid_request_error",
+            401: "authentication_error",
+            404: "not_found_error",
+            429: "rate_limit_error",
+            529: "overloaded_error",
+        }.get(status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": f"scripted error {status}"}}
 
     async def other(self, request: web.Request) -> web.StreamResponse:
@@ -59,11 +64,18 @@ class AnthropicServer(ScriptServer):
                 content.append({"type": "text", "text": str(entry["text"])})
             for k, (name, args) in enumerate(calls):
                 content.append({"type": "tool_use", "id": f"toolu_{seq}_{k}", "name": name, "input": json.loads(args)})
-            return web.json_response({
-                "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": content,
-                "stop_reason": _stop_reason(entry, bool(calls)), "stop_sequence": None,
-                "usage": {"input_tokens": inp, "output_tokens": out},
-            })
+            return web.json_response(
+                {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": content,
+                    "stop_reason": _stop_reason(entry, bool(calls)),
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": inp, "output_tokens": out},
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resp.force_close()
         await resp.prepare(request)
@@ -72,19 +84,37 @@ class AnthropicServer(ScriptServer):
             data = {"type": kind, **data}
             await resp.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
 
-        await event("message_start", {"message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": inp, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0},
-        }})
+        await event(
+            "message_start",
+            {
+                "message": {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {
+                        "input_tokens": inp,
+                        "output_tokens": 1,
+                        "cache_creation_input_tokens": 0,
+                        "cache_read_input_tokens": 0,
+                    },
+                }
+            },
+        )
         index = 0
         if entry.get("reasoning"):
             await event("content_block_start", {"index": index, "content_block": {"type": "thinking", "thinking": ""}})
-            await event("content_block_delta", {"index": index, "delta": {"type": "thinking_delta",
-                                                                           "thinking": str(entry["reasoning"])}})
-            await event("content_block_delta", {"index": index, "delta": {"type": "signature_delta",
-                                                                           "signature": "c2NyaXB0ZWQ="}})
+            await event(
+                "content_block_delta",
+                {"index": index, "delta": {"type": "thinking_delta", "thinking": str(entry["reasoning"])}},
+            )
+            await event(
+                "content_block_delta",
+                {"index": index, "delta": {"type": "signature_delta", "signature": "c2NyaXB0ZWQ="}},
+            )
             await event("content_block_stop", {"index": index})
             index += 1
         text = str(entry.get("text") or "")
@@ -99,15 +129,26 @@ class AnthropicServer(ScriptServer):
             await event("content_block_stop", {"index": index})
             index += 1
         for k, (name, args) in enumerate(calls):
-            await event("content_block_start", {"index": index, "content_block": {
-                "type": "tool_use", "id": f"toolu_{seq}_{k}", "name": name, "input": {}}})
+            await event(
+                "content_block_start",
+                {
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": f"toolu_{seq}_{k}", "name": name, "input": {}},
+                },
+            )
             half = len(args) // 2
             for part in (args[:half], args[half:]):
-                await event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
-                                                                               "partial_json": part}})
+                await event(
+                    "content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": part}}
+                )
             await event("content_block_stop", {"index": index})
             index += 1
-        await event("message_delta", {"delta": {"stop_reason": _stop_reason(entry, bool(calls)), "stop_sequence": None},
-                                      "usage": {"output_tokens": out}})
+        await event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": _stop_reason(entry, bool(calls)), "stop_sequence": None},
+                "usage": {"output_tokens": out},
+            },
+        )
         await event("message_stop", {})
         return resp

@@ -1,6 +1,6 @@
 """Common parts of the scripted vendor servers (Anthropic Messages, OpenAI Responses) for engine tests.
 
-The script vocabulary is the one of ``buildstudio.scripted_server`` (engine-neutral): a list of
+The script vocabulary is the one of ``buildstudio.commands.scripted_server`` (engine-neutral): a list of
 entries, the last one repeating once the script is exhausted.
 
   {"text": "final answer"}
@@ -119,8 +119,13 @@ class ScriptServer:
         except ValueError:
             body = {"_raw": raw.decode("utf-8", "replace")}
         self.requests.append(
-            {"t": time.time(), "method": request.method, "path": request.path_qs,
-             "headers": dict(request.headers), "body": body}
+            {
+                "t": time.time(),
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": dict(request.headers),
+                "body": body,
+            }
         )
         if request.method != "POST" or not isinstance(body, dict):
             return await self.other(request)
@@ -134,8 +139,9 @@ class ScriptServer:
                 request.transport.close()
             return web.Response(status=500)  # never reaches the client
         if "status" in entry:
-            return web.json_response(entry.get("body") or self.error_body(int(entry["status"])),
-                                     status=int(entry["status"]))
+            return web.json_response(
+                entry.get("body") or self.error_body(int(entry["status"])), status=int(entry["status"])
+            )
         if entry.get("malformed"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)

@@ -30,10 +30,14 @@ def test_cli_runs_and_the_operator_stack_imports(operator_image: Image, tmp_path
     proc = operator_image.run(["buildstudio", "operator", "--help"], mounts=[("rw", _tmp(tmp_path / "tmp"), "/tmp")])
     assert proc.returncode == 0, proc.stderr
     assert "--liveness" in proc.stdout
-    probe = "import json, kopf, kubernetes, orjson, buildstudio.handlers; print(json.dumps([kopf.__version__ if hasattr(kopf, '__version__') else '', kubernetes.__version__]))"  # noqa: E501
+    # The installed distributions, not a module attribute (kopf has no __version__): the pins, one source.
+    probe = (
+        "import json, importlib.metadata as md, kopf, kubernetes_asyncio, orjson, buildstudio.handlers; "
+        "print(json.dumps([md.version('kopf'), md.version('kubernetes-asyncio')]))"
+    )
     proc = operator_image.run(["python", "-c", probe], mounts=[("rw", tmp_path / "tmp", "/tmp")])
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[1] == pins.KUBERNETES_CLIENT_VERSION
+    assert json.loads(proc.stdout) == [pins.KOPF_VERSION, pins.KUBERNETES_CLIENT_VERSION]
 
 
 def test_labels_agree_with_the_pins(operator_image: Image) -> None:

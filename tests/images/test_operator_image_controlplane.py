@@ -30,7 +30,7 @@ import pytest_asyncio
 import yaml
 
 from buildstudio import pins
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.commands.scripted_server import ScriptedServer
 from tests.controlplane import chart
 from tests.controlplane.controlplane import KUBECTL, ControlPlane, free_port, missing, write_kubeconfig
 from tests.controlplane.node import KubeletApi, admin_kube, register_node
@@ -51,6 +51,7 @@ WORK = "bsimg-work"  # Pod Security `restricted` enforced, as in test_operator_r
 OPERATOR = f"{RELEASE}-build-studio"
 OPERATOR_USER = f"system:serviceaccount:{SYSTEM}:{OPERATOR}"
 ENGINE = "image-opencode"  # a user-made engine (the seeded `opencode` may exist from another module)
+SEEDED = "opencode"  # what the chart's engine registry seeds
 DISPATCH = "image-1"
 # Inside the image: where the mounts land (the chart mounts the engines ConfigMap at the same path).
 KUBE_DIR, ENGINES_DIR = "/etc/kube", "/etc/buildstudio/engines"
@@ -226,12 +227,9 @@ async def node(control_plane: ControlPlane, installed: object, tmp_path: Path) -
         await kube.http.aclose()
 
 
-def _entrypoint(image: Image) -> list[str]:
-    """The image's own ENTRYPOINT (what the chart's Deployment runs: it sets args only)."""
-    found = json.loads(buildah("inspect", "--type", "image", "--format", "{{json .OCIv1.Config.Entrypoint}}",
-                               image.name))
-    assert found, f"{image.name} has no ENTRYPOINT"
-    return [str(part) for part in found]
+def _config(image: Image) -> dict[str, Any]:
+    """The image's OCI config (buildah 1.28's --format has no `json` function: the whole inspect it is)."""
+    return dict(json.loads(buildah("inspect", "--type", "image", image.name))["OCIv1"]["config"])
 
 
 async def test_the_operator_image_reconciles_on_the_real_control_plane(
@@ -240,6 +238,8 @@ async def test_the_operator_image_reconciles_on_the_real_control_plane(
 ) -> None:
     cp, rendered, kube = control_plane, installed, node.kube
     audit_start = len(cp.audit_events(OPERATOR_USER))
+    # The operator seeds the registry's `opencode` engine; it goes afterwards unless it was there before.
+    seeded = [SEEDED] if await kube.find(BUILDENGINES, SEEDED) is None else []
     health, metrics = free_port(), free_port()
     async with ScriptedServer(WRITE_SCRIPT, model=MODEL) as model:
         # A user's BuildEngine, applied before the operator starts: the operator probes it in the image
@@ -247,12 +247,16 @@ async def test_the_operator_image_reconciles_on_the_real_control_plane(
         engine = engine_object(model.base_url)
         engine["metadata"]["name"] = ENGINE
         cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(engine))
+        # The image's own ENTRYPOINT, USER and WORKDIR: the chart's Deployment sets args only.
+        config = _config(operator_image)
+        assert config["Entrypoint"] and config["User"] == "65532:65532", config
         operator = ImageProcess(
             operator_image.argv(
-                [*_entrypoint(operator_image), *_operator_args(rendered, health)],
+                [*config["Entrypoint"], *_operator_args(rendered, health)],
+                uid=65532,
                 mounts=_operator_mounts(cp, rendered, tmp_path),
                 env=_operator_env(rendered, model.base_url, metrics),
-                cwd="/tmp",
+                cwd=config.get("WorkingDir") or "/",
             ),
             tmp_path / "operator.log",
         )
@@ -289,7 +293,7 @@ async def test_the_operator_image_reconciles_on_the_real_control_plane(
                 # The operator must still be healthy after the whole flow.
                 assert (await http.get(f"http://127.0.0.1:{health}/healthz")).status_code == 200
         finally:
-            await _delete_while_the_operator_runs(kube)
+            await _delete_while_the_operator_runs(kube, [ENGINE, *seeded])
             code = await asyncio.to_thread(operator.stop)
 
     assert st["phase"] == "Succeeded", (st, operator.tail())
@@ -318,16 +322,17 @@ def _dispatch() -> dict[str, Any]:
     return body
 
 
-async def _delete_while_the_operator_runs(kube: Kube) -> None:
-    """The dispatch and the engine carry the operator's finalizer: delete them before it stops (a reused
+async def _delete_while_the_operator_runs(kube: Kube, engines: list[str]) -> None:
+    """The dispatch and the engines carry the operator's finalizer: delete them before it stops (a reused
     control plane keeps no stuck cluster-scoped engine). Best effort, bounded."""
     with contextlib.suppress(ApiError):
         await kube.delete(BUILDDISPATCHES, DISPATCH, WORK)
-    with contextlib.suppress(ApiError):
-        await kube.delete(BUILDENGINES, ENGINE)
+    for name in engines:
+        with contextlib.suppress(ApiError):
+            await kube.delete(BUILDENGINES, name)
 
     async def gone() -> bool:
-        return await kube.find(BUILDENGINES, ENGINE) is None
+        return all([await kube.find(BUILDENGINES, name) is None for name in engines])
 
     with contextlib.suppress(AssertionError):
-        await wait_for(gone, 15, interval=0.3, message=f"engine {ENGINE} deleted")
+        await wait_for(gone, 15, interval=0.3, message=f"engines {engines} deleted")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from buildstudio import pins
+from buildstudio.commands.scripted_server import ScriptedServer
 from buildstudio.core import manifests, settings
-from buildstudio.scripted_server import ScriptedServer
 from tests.images.conftest import Image
 
 pytestmark = pytest.mark.images
@@ -37,10 +37,12 @@ def test_labels_agree_with_the_pins(sandbox_image: Image) -> None:
 
 _IMPORT_PROBE = """
 import importlib.util, json, sys, orjson
-import buildstudio.runner, buildstudio.runner.roles, buildstudio.runner.__main__, buildstudio.events
+import buildstudio.sandbox.runner, buildstudio.sandbox.runner.roles, buildstudio.sandbox.runner.__main__
+import buildstudio.engines.opencode_stream
+clients = ("kopf", "kubernetes", "kubernetes_asyncio")
 print(json.dumps({"orjson": orjson.__version__, "python": sys.version.split()[0],
-                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in {"kopf", "kubernetes"}),
-                  "installed": [n for n in ("kopf", "kubernetes") if importlib.util.find_spec(n)]}))
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in clients),
+                  "installed": [n for n in clients if importlib.util.find_spec(n)]}))
 """
 
 
@@ -221,7 +223,7 @@ async def _role(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     argv = image.argv(
-        ["python", "-m", "buildstudio.runner", *args],
+        ["python", "-m", "buildstudio.sandbox.runner", *args],
         uid=uid,
         groups=groups,
         mounts=mounts,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest_asyncio
 
+from buildstudio.commands.scripted_server import ScriptedServer
 from buildstudio.core.settings import EgressSettings, SandboxDefaults, Settings
 from buildstudio.handlers import build_registry
-from buildstudio.scripted_server import ScriptedServer
 from tests.kube.client import BUILDDISPATCHES, BUILDENGINES, Kube, wait_for
 from tests.kube.kopf_runner import KopfOperator
 from tests.kube.kubelet import Kubelet, PodScript

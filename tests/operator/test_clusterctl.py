@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from buildstudio.clusterctl import dispatch_manifest, progress_line, summary_line
+from buildstudio.commands.cluster import dispatch_manifest, progress_line, summary_line
 from tests.kube.client import BUILDDISPATCHES
 from tests.kube.kubelet import PodScript
 from tests.operator.conftest import MODEL, Cluster

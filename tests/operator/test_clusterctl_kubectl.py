@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from buildstudio.clusterctl import context_namespace, record_line
-from buildstudio.records import EventRecord, Outcome, ProgressRecord, ResultRecord
+from buildstudio.commands.cluster import context_namespace, record_line
+from buildstudio.protocol.records import EventRecord, Outcome, ProgressRecord, ResultRecord
 from tests.kube.client import BUILDDISPATCHES
 from tests.kube.kubelet import PodScript
 from tests.operator.conftest import MODEL, Cluster

@@ -17,7 +17,7 @@ import yaml
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import manifests as mf
 from buildstudio.core.settings import SandboxDefaults
-from buildstudio.runner.spec import RunnerSpec
+from buildstudio.protocol.spec import RunnerSpec
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 OWNER = mf.Owner(name="fix-1", uid="0b0e5a4c-1111-4222-8333-444455556666", namespace="dev")
@@ -108,7 +108,8 @@ def test_overrides_gpu_request_selector_and_runtime_class() -> None:
 
 
 def test_cloud_engine_credential_never_reaches_the_agent() -> None:
-    """Until cloud engines run through the relay (issue #21), their credential is mounted nowhere."""
+    """A cloud engine's credential is mounted into the relay container only (issue #21; more in
+    tests/engines/test_cloud_pod.py): the agent holds a placeholder key."""
     cloud = mf.EngineRuntime(
         name="claude",
         engine="claude",
@@ -117,7 +118,10 @@ def test_cloud_engine_credential_never_reaches_the_agent() -> None:
         credential_env="ANTHROPIC_API_KEY",
     )
     pod = mf.sandbox_pod(req(engine=cloud), D)
-    assert "anthropic" not in json.dumps(pod)
+    containers = {c["name"]: c for c in [*pod["spec"]["initContainers"], *pod["spec"]["containers"]]}
+    relay = containers.pop("relay")
+    assert any(m["name"] == "model-credential" for m in relay["volumeMounts"])
+    assert "anthropic" not in json.dumps(list(containers.values()))
 
 
 # The egress policy's tests (and its golden file) are in test_egress.py.

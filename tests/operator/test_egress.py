@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
+from buildstudio.adapters.netresolve import resolve
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import egress as eg
 from buildstudio.core import machine as m
 from buildstudio.core import manifests as mf
+from buildstudio.core.gate import GateDecision
+from buildstudio.core.refusal import EGRESS_REFUSED, admin_refusal
 from buildstudio.core.settings import EgressSettings, ModelPeer, SandboxDefaults, Settings, from_env
-from buildstudio.gate import GateDecision
 from buildstudio.handlers import build_registry
-from buildstudio.handlers.dispatch import EGRESS_REFUSED, admin_refusal
-from buildstudio.netresolve import resolve
 from tests.kube.client import BUILDDISPATCHES, CONFIGMAPS, NETWORKPOLICIES, PODS
 from tests.operator.conftest import FAST, Cluster
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from buildstudio.adapters.registry import MANAGED_LABEL
+from buildstudio.commands.scripted_server import ScriptedServer
 from buildstudio.handlers import build_registry
-from buildstudio.registry import MANAGED_LABEL
-from buildstudio.scripted_server import ScriptedServer
 from tests.kube.client import BUILDDISPATCHES, BUILDENGINES, EVENTS, PODS, SECRETS, Kube, wait_for
 from tests.kube.kubelet import Kubelet, PodScript
 from tests.kube.plugin import KopfOperatorFactory

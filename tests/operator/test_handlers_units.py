@@ -1,18 +1,17 @@
-"""Pure helpers of the handlers (no Kubernetes)."""
+"""What the handlers keep besides IO: kopf's filters and diff-base, the queue board, the collector
+settings (no Kubernetes). The pure decisions they call are tested in ``tests/core``."""
 
 from __future__ import annotations
 
 import gc
 import random
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import kopf
 import pytest
 
-from buildstudio.api.engine import BuildEngineSpec
-from buildstudio.core.admission import Entry, Limits
-from buildstudio.gate import EngineState
+from buildstudio.api.common import API_GROUP
+from buildstudio.core.admission import Entry, Limits, queue_entry
 from buildstudio.handlers import (
     DIFFBASE_ANNOTATION,
     DIFFBASE_KEY,
@@ -20,79 +19,10 @@ from buildstudio.handlers import (
     GC_THRESHOLDS,
     SpecDiffBaseStorage,
     build_registry,
-    finalizers_with_ours,
     needs_daemon,
     run_operator,
 )
-from buildstudio.handlers.context import QueueBoard, queue_entry
-from buildstudio.handlers.dispatch import ignored_spec_changes, parse_dispatch
-from buildstudio.handlers.engine import merge_patch_between, needs_probe, parse_version, probe_plan
-from buildstudio.pins import API_GROUP
-
-T0 = datetime(2026, 11, 25, 10, tzinfo=UTC)
-SPEC = BuildEngineSpec.model_validate(
-    {
-        "engine": "opencode",
-        "endpoint": "local",
-        "version": "1.18.33",
-        "command": ["opencode", "run"],
-        "modelService": {"baseURL": "http://m:1/v1"},
-        "models": [{"id": "q", "tier": "strong"}],
-    }
-)
-
-
-def test_spec_changes_after_admission_are_reported() -> None:
-    diff = [("change", ("spec", "prompt"), "a", "b"), ("change", ("spec", "cancel"), False, True)]
-    assert ignored_spec_changes(diff, "entry") == []
-    assert ignored_spec_changes(diff, "running") == ["prompt"]
-    assert ignored_spec_changes([("change", ("spec", "ttlSecondsAfterFinished"), 1, 2)], "queued") == []
-
-
-def test_parse_dispatch_reports_invalid_spec() -> None:
-    body = {
-        "metadata": {
-            "name": "d",
-            "namespace": "n",
-            "uid": "u",
-            "generation": 2,
-            "creationTimestamp": "2026-11-25T10:00:00Z",
-        },
-        "spec": {"prompt": "x", "timeouts": {"runSeconds": 1}},
-    }
-    d, error = parse_dispatch(body)
-    assert d is None and "runSeconds" in error
-    body["spec"] = {"prompt": "x", "repo": {"url": "https://g/r.git"}}
-    d, error = parse_dispatch(body)
-    assert d is not None and d.created == T0 and d.generation == 2 and error == ""
-
-
-def test_merge_patch_between_removes_and_changes() -> None:
-    old = {"a": 1, "b": {"c": 1, "d": 2}, "gone": True}
-    new = {"a": 1, "b": {"c": 3}, "added": [1]}
-    assert merge_patch_between(old, new) == {"b": {"c": 3, "d": None}, "added": [1], "gone": None}
-
-
-def test_probe_once_per_image_and_generation() -> None:
-    engine = EngineState("opencode", SPEC, present=False)
-    image, command, fp = probe_plan(engine, 1, "img:1")
-    assert command == ["opencode", "--version"] and image == "img:1"
-    assert probe_plan(engine, 2, "img:1")[2] != fp
-    done = {
-        "present": True,
-        "presence": {
-            "method": "probe-pod",
-            "image": "img:1",
-            "observedGeneration": 1,
-            "checkedAt": "2026-11-25T10:00:00Z",
-        },
-    }
-    assert not needs_probe(done, 1, "img:1", T0)
-    assert needs_probe(done, 2, "img:1", T0) and needs_probe(done, 1, "img:2", T0)
-    failed = {**done, "present": False}
-    assert not needs_probe(failed, 1, "img:1", T0 + timedelta(seconds=10))
-    assert needs_probe(failed, 1, "img:1", T0 + timedelta(seconds=301))
-    assert parse_version("opencode 1.18.33\n") == "1.18.33"
+from buildstudio.handlers.context import QueueBoard
 
 
 def test_queue_board_overlay_wins_over_a_lagging_index() -> None:
@@ -134,19 +64,6 @@ def test_queue_board_overlay_shrinks_once_the_index_catches_up() -> None:
     assert ("n", "r") in board.overlay  # kept while the index lags
     board.plan([], {"e": Limits(1, 1)})
     assert ("n", "r") not in board.overlay
-
-
-def test_finalizer_rides_on_the_create_write_only_when_it_is_safe_and_needed() -> None:
-    running = {"conditions": [{"type": "Admitted", "status": "True"}, {"type": "Running", "status": "Unknown"}]}
-    queued = {"conditions": [{"type": "Admitted", "status": "Unknown", "reason": "Queued"}]}
-    refused = {"conditions": [{"type": "Succeeded", "status": "False", "reason": "NotAdmitted"}]}
-    assert finalizers_with_ours(None, {}, running) == [FINALIZER]
-    assert finalizers_with_ours([], {}, queued) == [FINALIZER]
-    assert finalizers_with_ours(["other.io/keep"], {}, running) is None  # kopf adds ours without dropping theirs
-    assert finalizers_with_ours([FINALIZER], {}, running) is None
-    assert finalizers_with_ours(None, {}, {}) is None  # still at the entry: no daemon yet
-    assert finalizers_with_ours(None, {}, refused) is None  # finished, no TTL: nothing to wait for
-    assert finalizers_with_ours(None, {"ttlSecondsAfterFinished": 60}, refused) == [FINALIZER]
 
 
 def kopf_matches(handler_id: str, body: dict[str, object]) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from buildstudio import records
+from buildstudio.protocol import records
 from tests.kube.client import BUILDDISPATCHES, BUILDENGINES, CONFIGMAPS, SECRETS, wait_for
 from tests.kube.kubelet import PodScript
 from tests.operator.conftest import start_cluster

@@ -18,9 +18,9 @@ from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import locks as lk
 from buildstudio.core import machine as m
 from buildstudio.core import manifests as mf
+from buildstudio.core.gate import GateDecision
+from buildstudio.core.refusal import admin_refusal
 from buildstudio.core.settings import SandboxDefaults, SandboxLocks, Settings, from_env
-from buildstudio.gate import GateDecision
-from buildstudio.handlers.dispatch import admin_refusal
 from tests.kube.client import CONFIGMAPS, NETWORKPOLICIES, PODS
 from tests.operator.conftest import Cluster
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from buildstudio import records
+from buildstudio.adapters.metrics import REGISTRY
+from buildstudio.commands.scripted_server import ScriptedServer
 from buildstudio.core import names
 from buildstudio.core.status import size_of
 from buildstudio.handlers import FINALIZER, build_registry
-from buildstudio.metrics import REGISTRY
-from buildstudio.records import DiffStat, EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, RunSummary
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.protocol import records
+from buildstudio.protocol.records import DiffStat, EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, RunSummary
 from tests.kube.client import (
     BUILDDISPATCHES,
     BUILDENGINES,

@@ -8,16 +8,17 @@ import hashlib
 from datetime import timedelta
 from typing import Any
 
+from buildstudio.api.common import API_GROUP
 from buildstudio.api.dispatch import BuildDispatchStatus
 from buildstudio.core import machine as m
 from buildstudio.core import manifests as mf
 from buildstudio.core.conditions import find
+from buildstudio.core.source_dispatch import REVIEW_DIFF_BYTES, Source, review_input
+from buildstudio.core.source_dispatch import review_facts as _review_of
 from buildstudio.core.status import LiveState, result_fields
-from buildstudio.handlers.phases import REVIEW_DIFF_BYTES, Source, _review_of, review_input
-from buildstudio.pins import API_GROUP
-from buildstudio.records import Outcome, PushRecord, ResultRecord, ReviewRecord
-from buildstudio.runner.spec import RunnerSpec
-from tests.operator.test_core_machine import T0, S, cond, dispatch, spec, valid
+from buildstudio.protocol.records import Outcome, PushRecord, ResultRecord, ReviewRecord
+from buildstudio.protocol.spec import RunnerSpec
+from tests.core.test_machine import T0, S, cond, dispatch, spec, valid
 
 PATCH = "diff --git a/calc.py b/calc.py\n+def subtract(a, b):\n+    return a - b\n"
 SHA = hashlib.sha256(PATCH.encode()).hexdigest()
@@ -168,7 +169,7 @@ def test_chart_environment_reaches_settings_and_the_sandbox_pod() -> None:
         "example.com/gpu",
     )
     assert (dict(sb.requests), dict(sb.limits), sb.workspace_size) == ({"cpu": "1"}, {"memory": "2Gi"}, "10Gi")
-    from buildstudio import registry
+    from buildstudio.adapters import registry
 
     opencode = registry.with_overrides(
         registry.load()[0], base_url=settings.model_base_url, max_running=settings.max_running

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from buildstudio import records
-from buildstudio.records import Outcome, PushRecord, ResultRecord
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.commands.scripted_server import ScriptedServer
+from buildstudio.protocol import records
+from buildstudio.protocol.records import Outcome, PushRecord, ResultRecord
 from tests.kube.client import CONFIGMAPS, PODS, Kube
 from tests.kube.kopf_runner import KopfOperator  # noqa: F401  (fixture types)
 from tests.kube.kubelet import Kubelet, PodScript

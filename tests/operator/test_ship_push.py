@@ -11,8 +11,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from buildstudio import records
-from buildstudio.records import Outcome, ResultRecord, ReviewRecord, RunSummary
+from buildstudio.protocol import records
+from buildstudio.protocol.records import Outcome, ResultRecord, ReviewRecord, RunSummary
 from tests.kube.client import PODS, SECRETS
 from tests.kube.kubelet import PodScript
 from tests.operator.conftest import start_cluster

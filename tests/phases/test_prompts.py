@@ -10,7 +10,7 @@ import re
 import pytest
 
 from buildstudio.api.dispatch import BuildDispatchStatus
-from buildstudio.phases.prompts import (
+from buildstudio.core.prompts import (
     CHARS_PER_TOKEN,
     DEFAULT_CONTEXT,
     SYSTEM_PROMPTS,
@@ -19,8 +19,8 @@ from buildstudio.phases.prompts import (
     messages_for,
     text_phase,
 )
-from buildstudio.phases.source import ReviewSource, decode_patch, from_status
-from buildstudio.records import DiffStat
+from buildstudio.core.source import ReviewSource, decode_patch, from_status
+from buildstudio.protocol.records import DiffStat
 
 PROMPT = "Add a `subtract` function.\n\tKeep \"quotes\", 'these', $(not a shell) and ünïcødé ✓  \n"
 

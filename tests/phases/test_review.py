@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from buildstudio.phases.review import (
+from buildstudio.core.review import (
     ANNOTATION_SHA256,
     ANNOTATION_SOURCE,
     ANNOTATION_VERDICT,

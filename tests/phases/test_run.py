@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from buildstudio.phases.review import Verdict
-from buildstudio.phases.run import run_phase, run_text_phase
-from buildstudio.phases.source import ReviewSource
-from buildstudio.records import DiffStat, Outcome, ResultRecord, dump, parse_line
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.adapters.modelservice.textrun import run_phase, run_text_phase
+from buildstudio.commands.scripted_server import ScriptedServer
+from buildstudio.core.review import Verdict
+from buildstudio.core.source import ReviewSource
+from buildstudio.protocol.records import DiffStat, Outcome, ResultRecord, dump, parse_line
 
 PROMPT = "Plan a `subtract` feature.\n  Keep \"quotes\", $(no shell), tabs\tand ünïcødé ✓\n"
 DIFF = (

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from buildstudio.api.dispatch import Approval, BuildDispatchStatus
-from buildstudio.phases.review import ReviewFacts, Verdict
-from buildstudio.phases.ship import NOT_PUSHED, ShipReason, SourceFacts, decide_ship, ship_record
-from buildstudio.records import DiffStat, Outcome
+from buildstudio.core.review import ReviewFacts, Verdict
+from buildstudio.core.ship import NOT_PUSHED, ShipReason, SourceFacts, decide_ship, ship_record
+from buildstudio.protocol.records import DiffStat, Outcome
 
 SHA = "5e" * 32
 OTHER = "0f" * 32

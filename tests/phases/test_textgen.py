@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from buildstudio.phases.prompts import ChatMessage
-from buildstudio.phases.textgen import (
+from buildstudio.adapters.modelservice.textgen import (
     MIN_FRAME_BYTES,
     Completion,
     CompletionError,
@@ -18,7 +17,8 @@ from buildstudio.phases.textgen import (
     Timeouts,
     chat_completion,
 )
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.commands.scripted_server import ScriptedServer
+from buildstudio.core.prompts import ChatMessage
 
 MESSAGES = [ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content="hi")]
 FAST = Timeouts(connect=2.0, read=5.0, total=10.0)

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from buildstudio.phases.prompts import ChatMessage
-from buildstudio.phases.textgen import Completion, CompletionError, ErrorKind, Timeouts, chat_completion
+from buildstudio.adapters.modelservice.textgen import Completion, CompletionError, ErrorKind, Timeouts, chat_completion
+from buildstudio.core.prompts import ChatMessage
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MESSAGES = [ChatMessage(role="user", content="hi")]

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from buildstudio.preflight.observation import Backend, ContextSource, FailureKind, ProbeTarget
-from buildstudio.preflight.probe import probe
-from buildstudio.preflight.verdict import ConditionStatus, Reason, decide
+from buildstudio.adapters.modelservice.probe import probe
+from buildstudio.core.observation import Backend, ContextSource, FailureKind, ProbeTarget
+from buildstudio.core.preflight import ConditionStatus, Reason, decide
 from tests.preflight.scripted import Reply, ServeFn, closed_port, load_backend, scenario_routes
 
 BACKENDS = ["dmr", "ollama", "vllm", "sglang", "llamacpp", "lmstudio", "llamacpp-python", "openai"]

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from buildstudio.preflight.cache import PreflightCache
-from buildstudio.preflight.observation import Backend, FailureKind, Observation, ProbeTarget
+from buildstudio.adapters.modelservice.cache import PreflightCache
+from buildstudio.core.observation import Backend, FailureKind, Observation, ProbeTarget
 from tests.preflight.scripted import Reply, ServeFn, scenario_routes
 
 

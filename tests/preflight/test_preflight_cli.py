@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from buildstudio.preflight.cli import register, run_async
+from buildstudio.commands.preflight import register, run_async
 from tests.preflight.scripted import Reply, ScriptedServer, ServeFn, closed_port, scenario_routes
 
 

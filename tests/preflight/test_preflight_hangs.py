@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from buildstudio.preflight.observation import FailureKind, ProbeTarget
-from buildstudio.preflight.probe import probe
-from buildstudio.preflight.verdict import Reason, decide
+from buildstudio.adapters.modelservice.probe import probe
+from buildstudio.core.observation import FailureKind, ProbeTarget
+from buildstudio.core.preflight import Reason, decide
 from tests.preflight.hangs import HANG_CASES, hung_endpoint
 
 BOUND = ProbeTarget(base_url="x").total_timeout

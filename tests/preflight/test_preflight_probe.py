@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from buildstudio.preflight import backends
-from buildstudio.preflight.observation import MAX_MODELS, Backend, FailureKind, ProbeTarget
-from buildstudio.preflight.probe import probe
-from buildstudio.preflight.verdict import Reason, decide
+from buildstudio.adapters.modelservice.probe import probe
+from buildstudio.core import backends
+from buildstudio.core.observation import MAX_MODELS, Backend, FailureKind, ProbeTarget
+from buildstudio.core.preflight import Reason, decide
 from tests.preflight.scripted import Reply, ScriptedServer, ServeFn, scenario_routes
 
 

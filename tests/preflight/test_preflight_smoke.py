@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from buildstudio.preflight.observation import ProbeTarget
-from buildstudio.preflight.smoke import SmokeStatus, classify_reply, tool_call_smoke
+from buildstudio.adapters.modelservice.smoke import SmokeStatus, classify_reply, tool_call_smoke
+from buildstudio.core.observation import ProbeTarget
 from tests.preflight.scripted import Reply, ServeFn, closed_port
 
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from buildstudio.preflight.observation import Backend, ContextReport, ContextSource, FailureKind, Observation
-from buildstudio.preflight.verdict import ConditionStatus, Reason, decide
+from buildstudio.core.observation import Backend, ContextReport, ContextSource, FailureKind, Observation
+from buildstudio.core.preflight import ConditionStatus, Reason, decide
 
 
 def ready_obs(allocated: int | None, backend: Backend = Backend.VLLM, trained: int | None = None) -> Observation:

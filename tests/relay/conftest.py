@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from buildstudio.relay import Relay
+from buildstudio.sandbox.relay import Relay
 
 Handler = Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
 

@@ -1,4 +1,4 @@
-"""``python -m buildstudio.relay`` as the runner starts it: port file, SIGTERM, counters line."""
+"""``python -m buildstudio.sandbox.relay`` as the runner starts it: port file, SIGTERM, counters line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.commands.scripted_server import ScriptedServer
 from tests.relay.cases import CANONICAL
 from tests.relay.helpers import opencode_tools, read_sse
 
@@ -20,7 +20,7 @@ async def test_cli_serves_and_reports_counters_on_sigterm(tmp_path: Path) -> Non
     port_file = tmp_path / "port"
     async with ScriptedServer([{"text": CANONICAL}]) as srv:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "buildstudio.relay", "--upstream", srv.base_url, "--port", "0",
+            sys.executable, "-m", "buildstudio.sandbox.relay", "--upstream", srv.base_url, "--port", "0",
             "--port-file", str(port_file),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -43,4 +43,11 @@ async def test_cli_serves_and_reports_counters_on_sigterm(tmp_path: Path) -> Non
                 proc.send_signal(signal.SIGTERM)
             out, err = await asyncio.wait_for(proc.communicate(), timeout=20)
     assert proc.returncode == 0, err
-    assert json.loads(out.decode().strip().splitlines()[-1]) == {"repaired": 1, "leftAsText": 0, "reasons": {}}
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {
+        "repaired": 1,
+        "leftAsText": 0,
+        "reasons": {},
+        "requests": 1,
+        "inputTokens": 0,
+        "outputTokens": 0,
+    }

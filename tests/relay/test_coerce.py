@@ -6,8 +6,14 @@ from typing import Any
 
 import pytest
 
-from buildstudio.relay.coerce import call_arguments, coerce_value, schema_types, strip_template_newlines, tool_schemas
-from buildstudio.relay.parse import Call
+from buildstudio.sandbox.relay.coerce import (
+    call_arguments,
+    coerce_value,
+    schema_types,
+    strip_template_newlines,
+    tool_schemas,
+)
+from buildstudio.sandbox.relay.parse import Call
 from tests.relay.helpers import opencode_schemas, opencode_tools
 
 

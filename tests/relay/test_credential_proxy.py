@@ -1,4 +1,4 @@
-"""The relay as the sandbox's credential holder: `python -m buildstudio.relay` with the key in a
+"""The relay as the sandbox's credential holder: `python -m buildstudio.sandbox.relay` with the key in a
 file, as the pod's relay sidecar runs it; the engine sends no key (or a wrong one) and the model
 service sees the right one."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
-from buildstudio.relay.__main__ import plaintext_refusal
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.commands.scripted_server import ScriptedServer
+from buildstudio.sandbox.relay.__main__ import plaintext_refusal
 from tests.runner_harness import REPO_ROOT
 
 KEY = "SECRET-model-key-1234"
@@ -27,7 +27,7 @@ async def _start_relay(tmp_path: Path, upstream: str, *extra: str) -> tuple[asyn
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "buildstudio.relay",
+        "buildstudio.sandbox.relay",
         "--upstream",
         upstream,
         "--api-key-file",
@@ -81,7 +81,7 @@ async def test_a_key_over_plain_http_is_refused_unless_allowed(tmp_path: Path) -
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "buildstudio.relay",
+        "buildstudio.sandbox.relay",
         "--upstream",
         "http://127.0.0.1:9/v1",
         "--api-key-file",
@@ -100,7 +100,7 @@ def _key(tmp_path: Path) -> Path:
 
 
 def test_counters_file_format_is_what_the_reporter_reads(tmp_path: Path) -> None:
-    from buildstudio.runner.roles import read_counters
+    from buildstudio.sandbox.runner.roles import read_counters
 
     path = tmp_path / "counters.json"
     path.write_text(json.dumps({"repaired": 3, "leftAsText": 1, "reasons": {}}))

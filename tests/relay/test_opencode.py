@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from buildstudio.opencode_config import (
+from buildstudio.commands.scripted_server import ScriptedServer
+from buildstudio.engines.opencode_config import (
     DEFAULT_CHUNK_TIMEOUT_MS,
     build_config,
     model_ref,
     sandbox_env,
     write_config,
 )
-from buildstudio.relay import Relay
-from buildstudio.scripted_server import ScriptedServer
+from buildstudio.sandbox.relay import Relay
 from tests.relay.helpers import chunk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from buildstudio.relay.counters import RelayCounters
-from buildstudio.relay.parse import (
+from buildstudio.sandbox.relay.counters import RelayCounters
+from buildstudio.sandbox.relay.parse import (
     Call,
     CallOpen,
     ParamClose,
@@ -24,7 +24,7 @@ from buildstudio.relay.parse import (
     _merge,
     parse_all,
 )
-from buildstudio.relay.rewrite import ToolCall, resolve
+from buildstudio.sandbox.relay.rewrite import ToolCall, resolve
 from tests.relay.cases import CANONICAL, CASES, Case
 from tests.relay.helpers import FIXTURES, opencode_schemas
 

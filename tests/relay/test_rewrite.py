@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from buildstudio.relay.counters import RelayCounters
-from buildstudio.relay.rewrite import StreamRewriter, rewrite_completion
+from buildstudio.sandbox.relay.counters import RelayCounters
+from buildstudio.sandbox.relay.rewrite import StreamRewriter, rewrite_completion
 from tests.relay.cases import CANONICAL, CASES, Case
 from tests.relay.helpers import chunk, opencode_schemas, read_sse, splits, sse_stream
 
@@ -255,23 +255,6 @@ def test_whole_reply_without_content_or_json() -> None:
     assert rewrite_completion(b'{"error": "x"}', SCHEMAS, c) is None
 
 
-def test_sse_framing_and_bounds() -> None:
-    from buildstudio.relay.sse import SSEDecoder
-
-    d = SSEDecoder(max_event=100)
-    evs = d.feed(b"data: a\r\n\r\n: ping\n\ndata: b\ndata: c\n\nevent: x\rdata: d\r\r")
-    assert [(e.raw, e.data) for e in evs] == [
-        (b"data: a\r\n\r\n", "a"),
-        (b": ping\n\n", None),
-        (b"data: b\ndata: c\n\n", "b\nc"),
-        (b"event: x\rdata: d\r\r", "d"),
-    ]
-    big = d.feed(b"data: " + b"x" * 200)  # no end in sight: passed on raw, not buffered for ever
-    assert [(e.raw, e.data) for e in big] == [(b"data: " + b"x" * 200, None)]
-    assert d.feed(b"\n\n") == [type(big[0])(b"\n\n", None)]
-    assert d.close() == b""
-
-
 def test_chunks_after_the_finish_pass_untouched() -> None:
     evs = [chunk({"role": "assistant", "content": ""}), chunk({"content": "done"}, "stop"),
            chunk({"content": " <tool_c"}), chunk({}, None)]  # fmt: skip
@@ -284,8 +267,8 @@ def test_chunks_after_the_finish_pass_untouched() -> None:
     ["", "\n", "\r\n", "\n\n", "\r\n\r\n", "x", "\nx\n", "\r\nx\r\n", "\n\nx\n\n", "\r", "a\rb\n", 'q"\\\t\u2028é'],
 )
 def test_arg_stream_strings_match_whole_coercion_under_every_split(raw: str) -> None:
-    from buildstudio.relay.coerce import strip_template_newlines
-    from buildstudio.relay.rewrite import ArgStream
+    from buildstudio.sandbox.relay.coerce import strip_template_newlines
+    from buildstudio.sandbox.relay.rewrite import ArgStream
 
     want = json.dumps({"p": strip_template_newlines(raw)}, ensure_ascii=False, separators=(",", ":"))
     for i in range(len(raw) + 1):
@@ -296,7 +279,7 @@ def test_arg_stream_strings_match_whole_coercion_under_every_split(raw: str) -> 
 
 
 def test_arg_stream_typed_values_wait_and_are_coerced() -> None:
-    from buildstudio.relay.rewrite import ArgStream
+    from buildstudio.sandbox.relay.rewrite import ArgStream
 
     a = ArgStream(SCHEMAS["todowrite"])
     assert a.start() + a.open("todos") == "{"

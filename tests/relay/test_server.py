@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from buildstudio.relay import Relay
+from buildstudio.sandbox.relay import Relay
 from tests.relay.cases import CANONICAL
 from tests.relay.conftest import Upstream, raw_reply
 from tests.relay.helpers import opencode_tools, read_sse, splits, sse_stream
@@ -59,7 +59,14 @@ async def test_streamed_text_call_is_repaired(upstream: Upstream, relay: Relay) 
     assert r.content == "Writing the file.\n"
     assert r.tool_calls() == [("write", {"filePath": "/workspace/textcall.py", "content": "print('from text')"})]
     assert r.usage is not None
-    assert relay.counters.model_dump(by_alias=True) == {"repaired": 1, "leftAsText": 0, "reasons": {}}
+    assert relay.counters.model_dump(by_alias=True) == {
+        "repaired": 1,
+        "leftAsText": 0,
+        "reasons": {},
+        "requests": 1,
+        "inputTokens": 0,
+        "outputTokens": 0,
+    }
 
 
 async def test_whole_reply_is_repaired(upstream: Upstream, relay: Relay) -> None:

@@ -49,13 +49,13 @@ end
 local service = find(status.conditions, "ModelServiceReady")
 if service ~= nil and service.status == "False" then
   hs.status = "Degraded"
-  hs.message = text("ModelService" .. (service.reason or ""), service.message)
+  hs.message = "model service: " .. text(service.reason, service.message)
   return hs
 end
 
 hs.status = "Healthy"
 hs.message = text(present.reason, present.message)
 if service ~= nil then
-  hs.message = hs.message .. "; " .. text(service.reason, service.message)
+  hs.message = hs.message .. "; model service: " .. text(service.reason, service.message)
 end
 return hs

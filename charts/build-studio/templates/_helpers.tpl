@@ -109,12 +109,23 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{- define "build-studio.rules.namespaced" -}}
+# create: a BuildPipeline's steps are BuildDispatches the operator creates.
 - apiGroups: ["buildstudio.dpf.dev"]
   resources: ["builddispatches"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "patch", "delete", "create"]
 - apiGroups: ["buildstudio.dpf.dev"]
   resources: ["builddispatches/status"]
   verbs: ["patch"]
+- apiGroups: ["buildstudio.dpf.dev"]
+  resources: ["buildpipelines"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["buildstudio.dpf.dev"]
+  resources: ["buildpipelines/status"]
+  verbs: ["patch"]
+# The steps' owner references set blockOwnerDeletion (checked by OwnerReferencesPermissionEnforcement).
+- apiGroups: ["buildstudio.dpf.dev"]
+  resources: ["buildpipelines/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create", "get", "list", "watch", "delete"]

@@ -3,6 +3,7 @@
 from buildstudio.api.common import API_VERSION_STRING, GROUP, VERSION, Condition, SecretKeyRef
 from buildstudio.api.dispatch import BuildDispatch, BuildDispatchSpec, BuildDispatchStatus
 from buildstudio.api.engine import BuildEngine, BuildEngineSpec, BuildEngineStatus
+from buildstudio.api.pipeline import BuildPipeline, BuildPipelineSpec, BuildPipelineStatus
 
 __all__ = [
     "API_VERSION_STRING",
@@ -14,6 +15,9 @@ __all__ = [
     "BuildEngine",
     "BuildEngineSpec",
     "BuildEngineStatus",
+    "BuildPipeline",
+    "BuildPipelineSpec",
+    "BuildPipelineStatus",
     "Condition",
     "SecretKeyRef",
 ]

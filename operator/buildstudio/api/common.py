@@ -7,8 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from buildstudio.pins import API_GROUP, API_VERSION
-
+# The API group and version of our CRDs (the one place they are spelled).
+API_GROUP = "buildstudio.dpf.dev"
+API_VERSION = "v1alpha1"
 GROUP = API_GROUP
 VERSION = API_VERSION
 API_VERSION_STRING = f"{GROUP}/{VERSION}"

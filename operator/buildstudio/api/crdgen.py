@@ -24,6 +24,8 @@ from buildstudio.api.dispatch import (
     BuildDispatchStatus,
 )
 from buildstudio.api.engine import ENGINE_RULES, RECIPE_RULES, BuildEngineSpec, BuildEngineStatus
+from buildstudio.api.pipeline import IMMUTABLE_FIELDS as PIPELINE_IMMUTABLE_FIELDS
+from buildstudio.api.pipeline import PIPELINE_RULES, BuildPipelineSpec, BuildPipelineStatus
 
 Schema = dict[str, Any]
 
@@ -100,6 +102,19 @@ def engine_spec_schema() -> Schema:
     _add_rules(props["recipes"]["items"], list(RECIPE_RULES))
     props["concurrency"]["default"] = {}
     _add_rules(spec, list(ENGINE_RULES))
+    return spec
+
+
+def pipeline_spec_schema() -> Schema:
+    spec = model_schema(BuildPipelineSpec, keep_defaults=True)
+    props = spec["properties"]
+    for name in PIPELINE_IMMUTABLE_FIELDS:
+        _add_rules(props[name], [{**IMMUTABLE, "message": f"spec.{name} is immutable once the pipeline exists"}])
+    _add_rules(props["cancel"], [cel("!oldSelf || self", "spec.cancel cannot be undone")])
+    # Defaulted objects, so that the apiserver fills in their fields' defaults (and CEL sees them).
+    for name in ("models", "phases", "approvalPolicy"):
+        props[name]["default"] = {}
+    _add_rules(spec, list(PIPELINE_RULES))
     return spec
 
 
@@ -205,11 +220,35 @@ def build_engine_crd() -> Schema:
     return _crd("buildengines", "BuildEngine", "Cluster", "be", schema, columns)
 
 
+def build_pipeline_crd() -> Schema:
+    schema = _root(
+        "BuildPipeline is the governed pipeline as one resource: the operator creates and owns a "
+        "BuildDispatch per step (plan, optional → build → review → wait for spec.approval → ship) and "
+        "folds their state into status. Wait for the end with `kubectl wait --for=condition=Succeeded`.",
+        pipeline_spec_schema(),
+        model_schema(BuildPipelineStatus, keep_defaults=False),
+    )
+    columns: list[dict[str, Any]] = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
+        {"name": "Current", "type": "string", "jsonPath": ".status.current"},
+        {"name": "Diff", "type": "string", "jsonPath": ".status.diffSummary"},
+        {"name": "Verdict", "type": "string", "jsonPath": ".status.review.verdict"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Branch", "type": "string", "jsonPath": ".status.branch", "priority": 1},
+        {"name": "PR", "type": "string", "jsonPath": ".status.pullRequestUrl", "priority": 1},
+        {"name": "Approved-By", "type": "string", "jsonPath": ".status.approvedBy", "priority": 1},
+        _condition_column("Succeeded", "Succeeded", priority=1),
+    ]
+    return _crd("buildpipelines", "BuildPipeline", "Namespaced", "bp", schema, columns)
+
+
 def all_crds() -> dict[str, Schema]:
     """File name → CRD object."""
     return {
         f"{GROUP}_buildengines.yaml": build_engine_crd(),
         f"{GROUP}_builddispatches.yaml": build_dispatch_crd(),
+        f"{GROUP}_buildpipelines.yaml": build_pipeline_crd(),
     }
 
 

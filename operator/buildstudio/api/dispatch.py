@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from buildstudio.api import inputs
 from buildstudio.api.common import (
     NAME_PATTERN,
     ApiModel,
@@ -15,13 +16,14 @@ from buildstudio.api.common import (
     cel,
     conditions_field,
 )
-from buildstudio.core import inputs
 
 Phase = Literal["ideate", "plan", "build", "review", "ship"]
 DispatchPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
 
 # Text-generation phases need no repository and no coding engine.
 TEXT_PHASES: frozenset[str] = frozenset({"ideate", "plan"})
+# Phases that work on another dispatch's result (``spec.source``): the one place this set is spelled.
+SOURCE_PHASES: frozenset[str] = frozenset({"review", "ship"})
 
 FREE_FORM: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 IMMUTABLE = cel("self == oldSelf", "is immutable once the dispatch exists")
@@ -225,7 +227,7 @@ class BuildDispatchSpec(ApiModel):
 DISPATCH_RULES = [
     cel("self.phase != 'build' || has(self.repo)", "build needs spec.repo", field_path=".repo"),
     cel(
-        "!(self.phase in ['review', 'ship']) || has(self.source)",
+        f"!(self.phase in [{', '.join(repr(p) for p in sorted(SOURCE_PHASES))}]) || has(self.source)",
         "review and ship need spec.source",
         field_path=".source",
     ),
@@ -276,7 +278,14 @@ class Progress(ApiModel):
     )
 
 
-class Tokens(ApiModel):
+class RecordModel(ApiModel):
+    """A part of the status that is also the runner's record of it (``protocol.records``): one
+    schema for both; a record from a newer runner with more fields is read, its extras ignored."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+
+class TokenUsage(RecordModel):
     """Token usage summed over the run's steps."""
 
     input: int = Field(0, description="Prompt tokens.", ge=0)
@@ -287,14 +296,21 @@ class Tokens(ApiModel):
     total: int = Field(0, description="All tokens.", ge=0)
 
 
-class Summary(ApiModel):
-    """The dispatch record's counters."""
+class RunCounters(RecordModel):
+    """The counters the status summary and the runner's ``RunSummary`` both carry."""
 
     steps: int = Field(0, description="Model steps.", ge=0)
     tool_calls: int = Field(0, description="Tool calls.", ge=0)
     tool_errors: int = Field(0, description="Tool calls that failed.", ge=0)
+
+
+class Summary(RunCounters):
+    """The dispatch record's counters."""
+
+    model_config = ApiModel.model_config
+
     files_changed: int = Field(0, description="Files in the diff.", ge=0)
-    tokens: Tokens = Field(default_factory=Tokens, description="Token usage.")
+    tokens: TokenUsage = Field(default_factory=TokenUsage, description="Token usage.")
     cost: str = Field(
         "0", description="Cost reported by the engine (0 for a local model), as a decimal string.", max_length=32
     )
@@ -311,7 +327,7 @@ class Summary(ApiModel):
     )
 
 
-class DiffStat(ApiModel):
+class DiffStat(RecordModel):
     """Size of the diff."""
 
     files: int = Field(0, description="Files changed.", ge=0)
@@ -418,6 +434,7 @@ __all__ = [
     "IMMUTABLE",
     "IMMUTABLE_FIELDS",
     "LOCAL_PATHS",
+    "SOURCE_PHASES",
     "TEXT_PHASES",
     "Approval",
     "BuildDispatch",
@@ -428,13 +445,15 @@ __all__ = [
     "Progress",
     "PullRequestOptions",
     "PushStatus",
+    "RecordModel",
     "Repo",
     "ResourceList",
     "ReviewStatus",
+    "RunCounters",
     "Sandbox",
     "ShipOptions",
     "SourceRef",
     "Summary",
     "Timeouts",
-    "Tokens",
+    "TokenUsage",
 ]

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from buildstudio.core import conditions as c
+from buildstudio.core.gate import EngineState
 
 Key = tuple[str, str]  # (namespace, name)
 State = Literal["waiting", "running", "other"]
@@ -97,3 +100,28 @@ def plan(entries: Iterable[Entry], limits: Mapping[str, Limits], default: Limits
         tally=tally,
         tail=order(waiting[-1]) if waiting else None,
     )
+
+
+def queue_entry(namespace: str, name: str, meta: Mapping[str, Any], status: Mapping[str, Any]) -> Entry:
+    """A dispatch as the queue sees it, from its object: waiting (Admitted Unknown), running
+    (Admitted True), else other."""
+    conds = status.get("conditions")
+    state: State = "other"
+    if c.is_finished(status):
+        state = "other"
+    elif c.is_status(conds, c.ADMITTED, "True"):
+        state = "running"
+    elif c.is_status(conds, c.ADMITTED, "Unknown"):
+        state = "waiting"
+    return Entry(
+        key=(namespace, name),
+        engine=str(status.get("engine") or ""),
+        model=str(status.get("model") or ""),
+        created=str(meta.get("creationTimestamp") or ""),
+        state=state,
+    )
+
+
+def limits_of(engines: Iterable[EngineState]) -> dict[str, Limits]:
+    """Each engine's concurrency limits, from its spec."""
+    return {e.name: Limits(e.spec.concurrency.max_running, e.spec.concurrency.max_running_per_model) for e in engines}

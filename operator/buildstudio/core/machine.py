@@ -22,10 +22,11 @@ from typing import Any, Literal
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import conditions as c
 from buildstudio.core import names
+from buildstudio.core.gate import GateDecision
 from buildstudio.core.settings import Settings
+from buildstudio.core.ship import ShipDecision, ShipReason
 from buildstudio.core.status import LiveState, fit_budget, progress_fields, result_fields
-from buildstudio.gate import GateDecision
-from buildstudio.records import Outcome, Patch
+from buildstudio.protocol.records import Outcome, Patch
 
 Stage = Literal["entry", "queued", "running", "finished"]
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
@@ -77,6 +78,19 @@ RESULT_CONTAINERS = frozenset({REPORTER_CONTAINER, PUSH_CONTAINER})
 STARTING_REASONS = frozenset({"PodInitializing", "ContainerCreating"})
 RELAY_CONTAINER = "relay"
 AGENT_CONTAINER = "agent"
+
+
+def work_container(phase: str) -> str:
+    """Whose log shows progress: the agent's in a build (its side: informative only), the push
+    container's in a ship, else the reporter's (text phases run there)."""
+    if phase == "ship":
+        return PUSH_CONTAINER
+    return AGENT_CONTAINER if phase == "build" else REPORTER_CONTAINER
+
+
+def result_container(followed: str) -> str:
+    """The container whose log is the result channel, given the one followed for progress."""
+    return followed if followed in RESULT_CONTAINERS else REPORTER_CONTAINER
 
 
 @dataclass(frozen=True)
@@ -293,7 +307,13 @@ class _Draft:
         return Step(status=status, actions=tuple(self.actions), wake_after=wake_after)
 
 
-def _queue_deadline(d: Dispatch) -> datetime:
+def current_pod(d: Dispatch) -> str:
+    """The pod of the dispatch's current attempt (the first before any was recorded)."""
+    return str(d.status.get("podName") or names.pod_name(d.name, max(d.attempt, 1)))
+
+
+def queue_deadline(d: Dispatch) -> datetime:
+    """When a dispatch still waiting (gate, preflight, queue) times out: ``timeouts.queueSeconds`` after creation."""
     return d.created + timedelta(seconds=d.spec.timeouts.queue_seconds)
 
 
@@ -361,7 +381,7 @@ def enter(
         }
         if not check.admit:
             draft.cond(c.MODEL_READY, "False", check.reason, check.message)
-            if check.retryable and now < _queue_deadline(d):
+            if check.retryable and now < queue_deadline(d):
                 draft.headline(check.reason, check.message)
                 return draft.step(settings, wake_after=settings.preflight_interval)
             draft.actions.append(PreflightFailed(check.reason))
@@ -398,12 +418,26 @@ def ship(
         draft.emit("Normal", reason, f"{message}; pushing from pod {pod}")
         draft.actions.append(Launch(attempt=attempt, engine="", model="", context=None))
         return draft.step(settings, wake_after=0)
-    if final or now >= _queue_deadline(d):
+    if final or now >= queue_deadline(d):
         draft.cond(c.ADMITTED, "False", reason, message)
         return draft.finish(False, reason, message, settings)
     # Not Admitted=Unknown (that is the queue's stage): the gate is asked again until it answers.
     draft.headline(reason, message)
     return draft.step(settings, wake_after=settings.preflight_interval)
+
+
+# Ship refusals no later review or approval can lift: the ship ends at once.
+FINAL_SHIP_REFUSALS = frozenset({ShipReason.SOURCE_NOT_SUCCEEDED, ShipReason.NO_DIFF, ShipReason.PATCH_TRUNCATED})
+
+
+def ship_refusal_is_final(reason: ShipReason) -> bool:
+    return reason in FINAL_SHIP_REFUSALS
+
+
+def ship_gate(d: Dispatch, decision: ShipDecision, now: datetime, settings: Settings) -> Step:
+    """``ship`` over the ship gate's decision (``core.ship.decide_ship``)."""
+    final = ship_refusal_is_final(decision.reason)
+    return ship(d, decision.allow, decision.reason, decision.message, now, settings, final=final)
 
 
 @dataclass(frozen=True)
@@ -420,7 +454,7 @@ def queued(d: Dispatch, slot: Slot, now: datetime, settings: Settings, *, contex
     draft = _Draft(d, now)
     if d.spec.cancel:
         return _cancelled_before_start(draft, settings)
-    deadline = _queue_deadline(d)
+    deadline = queue_deadline(d)
     if now >= deadline and not slot.admit:
         draft.cond(c.ADMITTED, "False", "QueueTimeout", "no slot within timeouts.queueSeconds")
         return draft.finish(
@@ -453,6 +487,16 @@ def queued(d: Dispatch, slot: Slot, now: datetime, settings: Settings, *, contex
     return draft.step(settings, wake_after=0)
 
 
+def entered(first: Step, second: Step) -> Step:
+    """The entry step (``enter``: Queued) and the queue's step right after it (``queued``) as one
+    step, one status write: with a free slot, Queued and Admitted go out together, and only the
+    one transition users see is announced (Admitted, not Queued then Admitted)."""
+    first_actions = first.actions
+    if any(isinstance(a, Launch) for a in second.actions):
+        first_actions = tuple(a for a in first.actions if not (isinstance(a, Emit) and a.reason == "Queued"))
+    return replace(second, actions=first_actions + second.actions)
+
+
 def launched(step: Step, now: datetime, generation: int | None) -> Step:
     """A launch step's status once its pod was created: pending, as the first look at the pod
     would put it — one status write fewer per dispatch. Other steps are returned unchanged."""
@@ -468,6 +512,13 @@ def launched(step: Step, now: datetime, generation: int | None) -> Step:
     if status.get("reason") == "Launching":
         status["reason"], status["message"] = "PodPending", message
     return replace(step, status=status)
+
+
+def pod_was_seen(status: Mapping[str, Any]) -> bool:
+    """Whether a pod of the attempt was ever observed (Running moved past Launching): a missing
+    pod then means it is gone, with its log."""
+    cond = c.find(status.get("conditions"), c.RUNNING)
+    return cond is not None and cond.get("reason") != "Launching"
 
 
 def _outcome_reason(outcome: Outcome, timing_out: bool) -> str:
@@ -532,7 +583,7 @@ def running(
     """Follow the attempt: mirror the pod, fold progress, end on the result or a failure."""
     draft = _Draft(d, now)
     status = draft.status
-    pod_name = str(status.get("podName") or names.pod_name(d.name, max(d.attempt, 1)))
+    pod_name = current_pod(d)
     run_cond = c.find(status.get("conditions"), c.RUNNING)
     run_reason = run_cond.get("reason") if run_cond else ""
     if live.progress is not None or live.events:

@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildstudio.api.common import API_GROUP, API_VERSION
 from buildstudio.api.dispatch import BuildDispatchSpec
-from buildstudio.core import names
+from buildstudio.core import names, runner_spec
 from buildstudio.core.egress import egress_policy as egress_policy  # moved; kept importable here
 from buildstudio.core.settings import SandboxDefaults
-from buildstudio.opencode_config import build_config
-from buildstudio.pins import API_GROUP, API_VERSION
-from buildstudio.runner.spec import LoopLimits, RepoSource, ReviewInput, RunnerSpec, RunnerTimeouts
+from buildstudio.engines.adapters import adapter_for
+from buildstudio.engines.opencode_config import build_config
+from buildstudio.protocol.spec import RepoSource, ReviewInput
 
 CONFIG_MOUNT = "/etc/buildstudio"
 WORKSPACE = "/workspace"
@@ -211,7 +212,7 @@ def sandbox_pod(
             {"name": "tmp", "emptyDir": {"sizeLimit": defaults.tmp_size}},
             {"name": "agent-out", "emptyDir": {"sizeLimit": "16Mi"}},
         ]
-        clone_args = ["-m", "buildstudio.runner", "clone", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
+        clone_args = ["-m", "buildstudio.sandbox.runner", "clone", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
         clone_args += ["--base", BASE_MOUNT]
         clone_mounts = [
             config_ro,
@@ -227,11 +228,18 @@ def sandbox_pod(
             clone_args.append("--allow-plaintext-credentials")
         init.append(container("clone", clone_args, clone_mounts, defaults.uid))
 
-    relay_args = ["-m", "buildstudio.relay", "--upstream", req.model_base_url, "--url-file", RELAY_URL_FILE]
+    # A cloud engine's CLI talks to the relay in its vendor's protocol; its credential Secret is
+    # mounted here, in the relay container only (the agent gets a placeholder key).
+    cloud = adapter_for(req.engine.engine) if req.engine.endpoint == "cloud" else None
+    upstream = req.model_base_url or (cloud.vendor_base_url if cloud is not None else "")
+    relay_key = req.engine.credential if cloud is not None and req.engine.credential else req.model_api_key
+    relay_args = ["-m", "buildstudio.sandbox.relay", "--upstream", upstream, "--url-file", RELAY_URL_FILE]
     relay_args += ["--counters-file", RELAY_COUNTERS_FILE]
+    if cloud is not None:
+        relay_args += ["--engine", cloud.name]
     relay_mounts = [_mount("relay-run", RELAY_MOUNT), _mount("relay-tmp", "/tmp")]
-    if req.model_api_key is not None:
-        volumes.append(_secret_volume("model-credential", req.model_api_key, "key"))
+    if relay_key is not None:
+        volumes.append(_secret_volume("model-credential", relay_key, "key"))
         relay_mounts.append(_mount("model-credential", MODEL_CREDENTIAL_MOUNT, read_only=True))
         relay_args += ["--api-key-file", f"{MODEL_CREDENTIAL_MOUNT}/key"]
     if defaults.allow_plaintext_credentials:
@@ -242,7 +250,7 @@ def sandbox_pod(
     init.append(container("relay", relay_args, relay_mounts, defaults.relay_uid, restartPolicy="Always"))
 
     if build:
-        agent_args = ["-m", "buildstudio.runner", "agent", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
+        agent_args = ["-m", "buildstudio.sandbox.runner", "agent", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
         agent_args += ["--home", HOME, "--report", CLAIM_FILE, "--relay-url-file", RELAY_URL_FILE]
         agent = container(
             "agent",
@@ -260,7 +268,7 @@ def sandbox_pod(
         # A hand-run opencode must not let the cloned repo redirect the model with its own config.
         agent["env"].append({"name": "OPENCODE_DISABLE_PROJECT_CONFIG", "value": "1"})
         init.append(agent)
-        report_args = ["-m", "buildstudio.runner", "report", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
+        report_args = ["-m", "buildstudio.sandbox.runner", "report", "--spec", SPEC_FILE, "--workspace", WORKSPACE]
         report_args += ["--base", BASE_MOUNT, "--agent-report", CLAIM_FILE, "--scratch", f"{REPORTER_TMP}/report"]
         report_args += ["--relay-counters", RELAY_COUNTERS_FILE]
         report_mounts = [
@@ -272,7 +280,7 @@ def sandbox_pod(
             _mount("reporter-tmp", REPORTER_TMP),
         ]
     else:
-        report_args = ["-m", "buildstudio.runner", "report", "--spec", SPEC_FILE, "--base", BASE_MOUNT]
+        report_args = ["-m", "buildstudio.sandbox.runner", "report", "--spec", SPEC_FILE, "--base", BASE_MOUNT]
         report_args += ["--relay-url-file", RELAY_URL_FILE]
         report_mounts = [
             config_ro,
@@ -433,11 +441,6 @@ def probe_pod(
     }
 
 
-def output_limit(context: int) -> int:
-    """Completion budget: opencode sends it as max_tokens on every request, so keep it well below."""
-    return max(256, min(8192, context // 4))
-
-
 def sandbox_files(
     spec: BuildDispatchSpec,
     *,
@@ -451,28 +454,27 @@ def sandbox_files(
     """``runner.json`` (the runner's ``RunnerSpec``) and ``opencode.json`` for one attempt.
 
     Every phase runs in the sandbox; ideate/plan/review are one chat completion there (no repo).
+    The runner spec is ``core.runner_spec``'s, with the operator's output-limit rule.
     """
-    text = spec.phase in ("ideate", "plan", "review")
-    ctx = context or 65536
-    out = output_limit(ctx)
-    repo = None
-    if spec.repo is not None and not text:
-        repo = RepoSource(url=spec.repo.url, ref=spec.repo.ref)
-    runner = RunnerSpec(
+    runner = runner_spec.runner_spec(
         prompt=spec.prompt,
-        repo=repo,
         model=model,
         base_url=base_url,
-        context_limit=ctx,
-        output_limit=out,
+        context=context,
+        run_seconds=spec.timeouts.run_seconds,
+        idle_seconds=spec.timeouts.idle_seconds,
+        phase=spec.phase,
+        repo=RepoSource(url=spec.repo.url, ref=spec.repo.ref) if spec.repo is not None else None,
+        step_budget=spec.step_budget,
+        relay=relay,
         api_key_env=api_key_env,
-        timeouts=RunnerTimeouts(
-            run_seconds=float(spec.timeouts.run_seconds), idle_seconds=float(spec.timeouts.idle_seconds)
-        ),
-        limits=LoopLimits(step_budget=spec.step_budget) if spec.step_budget else LoopLimits(),
-        relay=relay and not text,
-        phase="build" if not text else spec.phase,
-        review=review if spec.phase == "review" else None,
+        review=review,
     )
-    config = build_config(base_url=base_url, model=model, context=ctx, output=out, api_key_env=api_key_env)
+    config = build_config(
+        base_url=base_url,
+        model=model,
+        context=runner.context_limit,
+        output=runner.output_limit,
+        api_key_env=api_key_env,
+    )
     return runner.model_dump(by_alias=True, exclude_none=True, mode="json"), config

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from buildstudio.pins import API_GROUP
+from buildstudio.api.common import API_GROUP
 
 MAX_NAME = 63  # DNS-1123 label: pod names end up in hostnames
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

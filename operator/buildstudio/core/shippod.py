@@ -18,13 +18,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from buildstudio.api import inputs
 from buildstudio.api.dispatch import BuildDispatchSpec
-from buildstudio.core import inputs, names
 from buildstudio.core import manifests as mf
+from buildstudio.core import names
 from buildstudio.core.credentials import credential_refusal
 from buildstudio.core.forge import Forge, project_of
 from buildstudio.core.settings import SandboxDefaults
-from buildstudio.phases.ship import ShipPlan
+from buildstudio.core.ship import ShipPlan
 
 PUSH_CONTAINER = "push"
 DEFAULT_BRANCH_PREFIX = "buildstudio/"
@@ -218,7 +219,7 @@ def ship_pod(req: ShipPodRequest, defaults: SandboxDefaults) -> mf.Manifest:
     """The ship pod ``<ship>-<attempt>``: restricted PSS, no SA token, one container ``push``
     under the clone's uid. Labelled a sandbox, so the namespace's baseline policy and the
     attempt's egress policy (the git remote only) select it."""
-    args = ["-m", "buildstudio.runner", "push", "--spec", SHIP_SPEC_FILE, "--patch", PATCH_FILE]
+    args = ["-m", "buildstudio.sandbox.runner", "push", "--spec", SHIP_SPEC_FILE, "--patch", PATCH_FILE]
     args += ["--scratch", f"{PUSH_TMP}/push"]
     mounts = [
         mf._mount("config", mf.CONFIG_MOUNT, read_only=True),

@@ -18,7 +18,7 @@ from typing import Any
 
 from buildstudio.core.conditions import one_line, timestamp
 from buildstudio.core.settings import Settings
-from buildstudio.records import EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, parse_line
+from buildstudio.protocol.records import EventRecord, Outcome, Patch, ProgressRecord, ResultRecord, parse_line
 
 EVENT_CHARS = 512
 LAST_TOOL_CHARS = 256
@@ -49,9 +49,7 @@ class LiveState:
     agent_cancelled: ResultRecord | None = None
 
 
-def fold_line(
-    state: LiveState, line: str | bytes, *, keep_events: int = 20, accept_results: bool = True
-) -> LiveState:
+def fold_line(state: LiveState, line: str | bytes, *, keep_events: int = 20, accept_results: bool = True) -> LiveState:
     """One log line folded in. Foreign or malformed lines are counted, never fatal."""
     if not line.strip():
         return state
@@ -69,6 +67,42 @@ def fold_line(
         cancelled = record if record.outcome is Outcome.CANCELLED else state.agent_cancelled
         return replace(state, lines=lines, ignored_results=state.ignored_results + 1, agent_cancelled=cancelled)
     return replace(state, lines=lines, result=state.result or record, results=state.results + 1)
+
+
+def fold_log(text: str, *, keep_events: int = 20) -> LiveState:
+    """A whole log (the result channel's, read once its container terminated) folded."""
+    state = LiveState()
+    for line in text.splitlines():
+        state = fold_line(state, line, keep_events=keep_events)
+    return state
+
+
+def with_followed(followed: LiveState, live: LiveState) -> LiveState:
+    """What the follower knows after folding a streamed line into ``live``: the stream's progress,
+    the result (if any) it already had — a stream never supplies results."""
+    return replace(live, result=followed.result, results=followed.results)
+
+
+def with_result_log(
+    followed: LiveState, got: LiveState, *, whole_log: bool, conflict: str, keep_events: int = 20
+) -> LiveState:
+    """The attempt's state once the result channel's whole log (``got``) is read. ``whole_log``:
+    the followed log is the result channel itself (text phases, ship), so the longer read is the
+    newest; otherwise the reporter's progress and events follow the agent's. The result is only
+    ever the result channel's; ``conflict``: why it fails the operator's own checks."""
+    base = followed
+    if whole_log:
+        base = got if got.lines >= base.lines else base
+    else:
+        base = replace(
+            base,
+            lines=base.lines + got.lines,
+            malformed=base.malformed + got.malformed,
+            events=(*base.events, *got.events)[-keep_events:] if keep_events > 0 else (),
+            events_seen=base.events_seen + got.events_seen,
+            progress=got.progress or base.progress,
+        )
+    return replace(base, result=got.result, results=got.results, conflict=conflict)
 
 
 def verify_patch(patch: Patch, *, max_bytes: int = 512 * 1024 * 1024) -> str:

@@ -8,24 +8,19 @@ the index seeing it, so two dispatches cannot both take the last slot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from buildstudio.api.engine import BuildEngineSpec
-from buildstudio.core import conditions as c
+from buildstudio.adapters.kube import Kube, KubeError
+from buildstudio.adapters.modelservice.cache import PreflightCache
 from buildstudio.core import manifests as mf
 from buildstudio.core.admission import Entry, Key, Limits, Plan, Tally, order, plan
-from buildstudio.core.machine import ModelCheck
+from buildstudio.core.gate import EngineState
+from buildstudio.core.modelservice import probe_target
+from buildstudio.core.observation import ProbeTarget
 from buildstudio.core.settings import Settings
-from buildstudio.gate import EngineState
-from buildstudio.kube import Kube, KubeError
-from buildstudio.preflight.cache import PreflightCache
-from buildstudio.preflight.observation import Backend, Observation, ProbeTarget
-from buildstudio.preflight.verdict import Reason, Verdict, decide
 
 
 class QueueBoard:
@@ -102,11 +97,6 @@ class QueueBoard:
     def freed(self) -> asyncio.Event:
         """Set when a slot or a place in the queue frees next."""
         return self._freed
-
-    async def wait_freed(self, bound: float) -> None:
-        """Sleep until a slot frees or ``bound`` seconds pass (queued dispatches need no polling)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._freed.wait(), timeout=bound)
 
     def slot(
         self, entry: Entry, indexed: Callable[[], Iterable[Entry]], limits: Mapping[str, Limits]
@@ -240,49 +230,6 @@ class OperatorContext:
         self.model_keys = ModelKeys(self.kube)
 
 
-def queue_entry(namespace: str, name: str, meta: Mapping[str, Any], status: Mapping[str, Any]) -> Entry:
-    """A dispatch as the queue sees it, from its object (used by the kopf index)."""
-    conds = status.get("conditions")
-    if c.is_finished(status):
-        state = "other"
-    elif c.is_status(conds, c.ADMITTED, "True"):
-        state = "running"
-    elif c.is_status(conds, c.ADMITTED, "Unknown"):
-        state = "waiting"
-    else:
-        state = "other"
-    return Entry(
-        key=(namespace, name),
-        engine=str(status.get("engine") or ""),
-        model=str(status.get("model") or ""),
-        created=str(meta.get("creationTimestamp") or ""),
-        state=state,  # type: ignore[arg-type]  # one of the literals above
-    )
-
-
-def engine_state(name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> EngineState | None:
-    try:
-        parsed = BuildEngineSpec.model_validate(dict(spec))
-    except ValueError:
-        return None
-    return EngineState(name=name, spec=parsed, present=bool(status.get("present")))
-
-
-def limits_of(engines: Iterable[EngineState]) -> dict[str, Limits]:
-    return {e.name: Limits(e.spec.concurrency.max_running, e.spec.concurrency.max_running_per_model) for e in engines}
-
-
-def probe_target(engine: EngineState, api_key: str | None = None) -> ProbeTarget | None:
-    ms = engine.spec.model_service
-    if ms is None:
-        return None
-    try:
-        backend = Backend(ms.backend)
-    except ValueError:
-        backend = Backend.AUTO
-    return ProbeTarget(base_url=ms.base_url, backend=backend, api_key=api_key)
-
-
 async def model_target(ctx: OperatorContext, engine: EngineState) -> ProbeTarget | None:
     """What the operator probes for ``engine``: its model service, with the API key of
     ``modelService.apiKeySecret`` (read from the operator's namespace) when it has one."""
@@ -293,35 +240,3 @@ async def model_target(ctx: OperatorContext, engine: EngineState) -> ProbeTarget
     if ms.api_key_secret is not None:
         key = await ctx.model_keys.get(ms.api_key_secret.name, ms.api_key_secret.key, ctx.namespace)
     return probe_target(engine, key)
-
-
-def verdict_for(engine: EngineState, model: str, obs: Observation) -> Verdict:
-    entry = engine.model(model)
-    return decide(
-        obs,
-        floor=engine.spec.context_floor,
-        hard_minimum=engine.spec.hard_minimum_context,
-        context_override=entry.context_override if entry else None,
-    )
-
-
-def model_check(verdict: Verdict, obs: Observation) -> ModelCheck:
-    """The preflight's verdict flattened for the state machine."""
-    ctx = obs.context
-    if ctx.allocated_source is not None:
-        source = ctx.allocated_source.value
-    elif verdict.context_for_config is not None:
-        source = "BuildEngine spec.models[].contextOverride"  # the server did not report it
-    else:
-        source = ""
-    return ModelCheck(
-        admit=verdict.admit,
-        reason=verdict.reason.value,
-        message=verdict.message + (f" — {verdict.advice}" if verdict.advice and not verdict.admit else ""),
-        warning=(verdict.message + (f" — {verdict.advice}" if verdict.advice else "")) if verdict.warning else "",
-        retryable=verdict.reason == Reason.ENDPOINT_UNREACHABLE,
-        context=verdict.context_for_config,
-        backend=obs.backend.value if obs.backend is not None else "",
-        matched_model=obs.matched_id or "",
-        context_source=source,
-    )

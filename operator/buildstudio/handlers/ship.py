@@ -7,7 +7,7 @@ source's spec read for its repository and prompt; the decisions are pure (``deci
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
 from datetime import UTC
 from typing import Any
 
@@ -15,25 +15,22 @@ from pydantic import ValidationError
 
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import machine as m
-from buildstudio.core import manifests as mf
+from buildstudio.core.sandbox_request import owner_of
 from buildstudio.core.shippod import PushRefusal, ShipPodRequest, plan_push, ship_config_map, ship_pod
 from buildstudio.handlers.context import OperatorContext
+from buildstudio.handlers.launch import Children, LaunchRefused, Manifest, egress_policy
 from buildstudio.handlers.phases import read_source, ship_decision
 
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
-class ShipRefused(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+
+class ShipRefused(LaunchRefused):
+    """A ship whose push may not go ahead after all."""
 
 
 async def prepare_ship(
-    ctx: OperatorContext,
-    d: m.Dispatch,
-    action: m.Launch,
-    egress: Callable[[mf.Owner, str, str], Awaitable[dict[str, Any]]],
-) -> tuple[dict[str, Any], Callable[[], list[dict[str, Any]]]]:
+    ctx: OperatorContext, d: m.Dispatch, action: m.Launch, logger: Logger
+) -> tuple[Manifest, Children]:
     """The ship pod and how to build its ConfigMap and egress policy; ``ShipRefused`` when the
     push may not go ahead (the gate closed again, no base commit, a Secret not allowed, …)."""
     if d.spec.source is None:
@@ -75,18 +72,18 @@ async def prepare_ship(
     )
     if isinstance(planned, PushRefusal):
         raise ShipRefused(planned.reason, planned.message)
-    owner = mf.Owner(name=d.name, uid=d.uid, namespace=d.namespace)
+    owner = owner_of(d)
     # The forge's API (a pull request) is the pod's one destination besides the git remote; the
     # egress planner's second slot (the model service's, unused here) names it.
     pr = planned.spec.pull_request
-    policy = await egress(owner, planned.spec.repo_url, pr.api_url if pr is not None else "")
+    policy = await egress_policy(ctx, owner, planned.spec.repo_url, pr.api_url if pr is not None else "", logger)
     await ctx.baselines.ensure(d.namespace)  # before the pod: it never runs unrestricted
     pod = ship_pod(
         ShipPodRequest(owner, action.attempt, verdict.plan.patch_config_map, planned.credential), settings.sandbox
     )
     spec = planned.spec
 
-    def children() -> list[dict[str, Any]]:
+    def children() -> list[Manifest]:
         return [ship_config_map(owner, spec), policy]
 
     return pod, children

@@ -1,0 +1,57 @@
+"""When a dispatch's daemon looks, writes and sleeps: pod re-reads, the result's grace period,
+progress-patch throttling, the pause between steps. Clocks are passed in (monotonic seconds
+or datetimes); nothing here sleeps or reads one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from buildstudio.core.machine import PodView
+
+# Status keys a live-progress write may carry; a patch of only these is throttled.
+PROGRESS_KEYS = frozenset({"progress", "recentEvents", "message", "reason", "observedGeneration", "phase"})
+LOG_RETRY_SECONDS = 1.0  # a broken log stream is re-attached after this
+POD_RECHECK_SECONDS = 10.0  # a running pod whose log streams is re-read this often (no pod index)
+QUEUE_RECHECK_SECONDS = 10.0  # queued dispatches wake when a slot frees, else this often
+IDLE_WAKE_SECONDS = 1.0  # a step with no deadline of its own
+WAKE_EVERY_LINES = 20  # the log follower wakes the daemon once per this many lines
+TTL_WAIT_SECONDS = 300.0  # a finished dispatch's daemon re-checks its TTL at least this often
+
+
+def wakes_daemon(lines: int) -> bool:
+    """Whether the log line numbered ``lines`` wakes the daemon (the first, then every 20th)."""
+    return lines % WAKE_EVERY_LINES == 1
+
+
+def pod_look_stands(pod: PodView | None, *, streaming: bool, since_read: float, cancel: bool) -> bool:
+    """Whether the last read of the pod may be used again instead of a GET: while its log streams
+    (the stream's end is what says it stopped), a running pod is re-read every
+    ``POD_RECHECK_SECONDS``; a cancel always looks again."""
+    running = pod is not None and pod.phase == "Running"
+    return streaming and since_read < POD_RECHECK_SECONDS and running and not cancel
+
+
+def result_grace_over(ended_at: float, now: float, grace_seconds: float) -> bool:
+    """Whether the pod ended long enough ago (``settings.result_grace_seconds``) that no result
+    record is still coming."""
+    return now - ended_at >= grace_seconds
+
+
+def progress_throttled(patch: Mapping[str, Any], since_last_write: float, interval: float) -> bool:
+    """Whether a status patch waits: one of progress only, within ``interval`` seconds of the last
+    write (the next non-progress change or interval carries it)."""
+    only_progress = set(patch) <= PROGRESS_KEYS and "conditions" not in patch
+    return only_progress and since_last_write < interval
+
+
+def pause_seconds(wake_after: float | None, now: datetime, queue_deadline: datetime | None = None) -> float:
+    """How long the daemon sleeps after a step (something it waits for may wake it sooner).
+    ``queue_deadline`` while queued (``machine.queue_deadline``): a queued dispatch looks at
+    least every ``QUEUE_RECHECK_SECONDS`` and at its deadline."""
+    delay = IDLE_WAKE_SECONDS if wake_after is None else max(wake_after, 0.0)
+    if delay == 0 or queue_deadline is None:
+        return delay
+    left = (queue_deadline - now).total_seconds()
+    return min(QUEUE_RECHECK_SECONDS, max(left, 0.05))

@@ -1,0 +1,57 @@
+"""When the dispatch daemon looks again, writes and sleeps (``core.pacing``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from buildstudio.core import machine as m
+from buildstudio.core import pacing as p
+from tests.core.test_machine import T0, dispatch
+
+RUNNING = m.PodView(phase="Running")
+
+
+def test_the_log_follower_wakes_the_daemon_on_the_first_line_then_every_twentieth() -> None:
+    assert [n for n in range(1, 60) if p.wakes_daemon(n)] == [1, 21, 41]
+
+
+@pytest.mark.parametrize(
+    ("pod", "streaming", "since", "cancel", "stands"),
+    [
+        (RUNNING, True, 1.0, False, True),
+        (RUNNING, True, p.POD_RECHECK_SECONDS, False, False),  # stale: read again
+        (RUNNING, False, 1.0, False, False),  # the stream ended: that is what says it stopped
+        (RUNNING, True, 1.0, True, False),  # a cancel always looks
+        (m.PodView(phase="Pending"), True, 1.0, False, False),
+        (None, True, 1.0, False, False),
+    ],
+)
+def test_a_running_pod_is_reread_only_when_it_matters(
+    pod: m.PodView | None, streaming: bool, since: float, cancel: bool, stands: bool
+) -> None:
+    assert p.pod_look_stands(pod, streaming=streaming, since_read=since, cancel=cancel) == stands
+
+
+def test_the_result_grace_period() -> None:
+    assert not p.result_grace_over(100.0, 109.9, 10.0)
+    assert p.result_grace_over(100.0, 110.0, 10.0)
+
+
+def test_only_progress_patches_are_throttled() -> None:
+    progress = {"progress": {"steps": 3}, "message": "m", "phase": "Running"}
+    assert p.progress_throttled(progress, 0.5, 2.0)
+    assert not p.progress_throttled(progress, 2.0, 2.0)
+    assert not p.progress_throttled({**progress, "conditions": []}, 0.5, 2.0)
+    assert not p.progress_throttled({**progress, "startedAt": "x"}, 0.5, 2.0)
+
+
+def test_the_pause_after_a_step() -> None:
+    assert p.pause_seconds(None, T0) == p.IDLE_WAKE_SECONDS
+    assert p.pause_seconds(-3, T0) == 0 and p.pause_seconds(2.5, T0) == 2.5
+    deadline = m.queue_deadline(dispatch(timeouts={"queueSeconds": 60}))
+    assert p.pause_seconds(0, T0, deadline) == 0  # a step due now is not held back by the queue
+    assert p.pause_seconds(2.0, T0, deadline) == p.QUEUE_RECHECK_SECONDS  # queued: the recheck
+    assert p.pause_seconds(2.0, deadline - timedelta(seconds=3), deadline) == 3.0  # or the deadline
+    assert p.pause_seconds(2.0, deadline + timedelta(seconds=5), deadline) == 0.05
