@@ -16,6 +16,8 @@ What the stats hold:
 - ``emitted``: per pod, the wall time of each progress record the agent container logged
   (record ``i`` carries ``steps = i``).
 - ``ended``: per pod, when its agent finished and when its reporter terminated (wall time).
+- ``lateness``: every 0.2 s, how late the process's loop woke (``[wall time, seconds]``): when the
+  emulator is the one falling behind, not the operator.
 - ``recorded``: the ordered writes (method, path, content type, body) the operator made for the
   dispatch ``--record-name`` and its children: what the floor of ``bench/burst.py`` replays.
 """
@@ -182,9 +184,19 @@ async def main() -> None:
                                            events_every=args.events_every, seed=args.seed, grace_cap=2.0)
                     await kubelet.start()
                 print(f"URL {url}", flush=True)
+                lateness: list[list[float]] = []  # [wall time, s late] of a 0.2 s sleep: the loop's backlog
+
+                async def probe_loop() -> None:
+                    while True:
+                        due = time.monotonic() + 0.2
+                        await asyncio.sleep(0.2)
+                        lateness.append([time.time(), time.monotonic() - due])
+
+                prober = asyncio.create_task(probe_loop())
                 try:
                     await stop.wait()
                 finally:
+                    prober.cancel()
                     if kubelet is not None:
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(kubelet.stop(), 20)
@@ -193,13 +205,26 @@ async def main() -> None:
         "recorded": emulator.recorded,
         "emitted": kubelet.emitted if kubelet else {},
         "ended": kubelet.ended if kubelet else {},
+        "lateness": lateness,
         "pid": os.getpid(),
     }
     Path(args.stats).write_text(json.dumps(out))  # noqa: ASYNC240  (at exit, nothing else runs)
+
+
+def end_with_the_bench() -> None:
+    """SIGTERM when the bench that started this process dies, even by SIGKILL (``_common.PARENT_GUARD``)."""
+    parent = os.environ.get("BENCH_PARENT_PID")
+    if parent and sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != int(parent):
+            sys.exit(1)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 1:  # `make bench` runs every bench/*.py: this one is a helper, not a bench
         print("bench/_cluster.py: the benches' cluster process (started by operator_scale.py and burst.py)")
         sys.exit(0)
+    end_with_the_bench()
     asyncio.run(main())

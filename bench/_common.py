@@ -32,16 +32,48 @@ from buildstudio.core.settings import SandboxDefaults  # noqa: E402
 MODEL = "qwen3-coder"
 BD_PATH = "/apis/buildstudio.dpf.dev/v1alpha1/namespaces/default/builddispatches"
 
-# The operator as `buildstudio operator` runs it (default Settings: the 2 s progress throttle), except
-# egress: no DNS here, so the dispatches' remote is allowed by an admin CIDR instead of resolved.
-# A startup handler samples, once a second, the threads and asyncio tasks into $BENCH_PROBE_OUT.
-OPERATOR = """
-import asyncio, json, logging, os, threading, time, kopf
+# Every bench operator's Settings: the defaults (``buildstudio operator``), except egress: there is no
+# DNS here, so the dispatches' remote is allowed by an admin CIDR instead of resolved (without it every
+# launch is refused: no pods); and the progress throttle, $BENCH_STATUS_INTERVAL (default 2 s).
+SETTINGS = """Settings(egress=EgressSettings(allow_cidrs=("0.0.0.0/0",)),
+                    status_patch_interval=float(os.environ.get("BENCH_STATUS_INTERVAL", "2.0")))"""
+
+# Prepended to every process a bench starts with python -c: it gets SIGTERM when the bench dies,
+# even by SIGKILL (the bench's finally blocks and signal handlers cover the rest).
+PARENT_GUARD = """
+import ctypes as _ct, os as _os, signal as _sig
+if _os.environ.get("BENCH_PARENT_PID"):
+    _ct.CDLL(None, use_errno=True).prctl(1, int(_sig.SIGTERM))  # PR_SET_PDEATHSIG
+    if _os.getppid() != int(_os.environ["BENCH_PARENT_PID"]):
+        _os._exit(1)  # the bench died before the guard was set
+"""
+
+# The operator as `buildstudio operator` runs it, with SETTINGS. A startup handler samples, once a
+# second, into $BENCH_PROBE_OUT: threads and asyncio tasks, the loop's lateness, the connection pools
+# (in use, waiting) and the status patches' round trips. $BENCH_TRACE_OUT: when queued daemons look at
+# the board and each status write. $BENCH_PROFILE_OUT: a cProfile of the whole run.
+OPERATOR = PARENT_GUARD + """
+import asyncio, json, logging, os, threading, time, weakref, aiohttp, kopf
 from buildstudio.handlers import build_registry, tune_gc
 from buildstudio.core.settings import EgressSettings, Settings
 logging.basicConfig(level=logging.WARNING)
-registry = build_registry(Settings(egress=EgressSettings(allow_cidrs=("0.0.0.0/0",))), namespace="default",
-                          seed=False)
+_connectors = weakref.WeakSet()
+_init = aiohttp.BaseConnector.__init__
+def _noted(self, *a, **kw):
+    _init(self, *a, **kw)
+    _connectors.add(self)
+aiohttp.BaseConnector.__init__ = _noted
+import buildstudio.adapters.kube as _kube
+_patch_seconds = []  # the adapter's merge patches (status writes) since the last sample: round trip
+_merge_patch = _kube.Kube.merge_patch
+async def _timed_patch(self, *a, **kw):
+    t = time.monotonic()
+    try:
+        return await _merge_patch(self, *a, **kw)
+    finally:
+        _patch_seconds.append(time.monotonic() - t)
+_kube.Kube.merge_patch = _timed_patch
+registry = build_registry(""" + SETTINGS + """, namespace="default", seed=False)
 
 @kopf.on.startup(registry=registry, id="bench-probe")
 async def bench_probe(**_):
@@ -50,21 +82,55 @@ async def bench_probe(**_):
         return
     async def sample():
         with open(out, "a") as f:
+            woke = time.monotonic()
             while True:
+                lag = time.monotonic() - woke  # the loop's lateness waking this 1 s sleep
                 tasks = asyncio.all_tasks()
                 threads = threading.enumerate()
+                pools = [(c._limit, len(c._acquired), sum(len(w) for w in c._waiters.values()))
+                         for c in list(_connectors) if not c.closed]
                 f.write(json.dumps({
                     "t": time.time(), "tasks": len(tasks),
                     "follow_tasks": sum(t.get_name().startswith("follow ") for t in tasks),
                     "threads": len(threads),
                     "log_threads": sum(t.name.startswith("log-") for t in threads),
+                    "pools": pools, "lag": lag,
+                    "patches": [len(_patch_seconds), sum(_patch_seconds), max(_patch_seconds, default=0.0)],
                 }) + "\\n")
                 f.flush()
+                _patch_seconds.clear()
+                woke = time.monotonic() + 1.0  # when it should wake
                 await asyncio.sleep(1.0)
     asyncio.get_running_loop().create_task(sample(), name="bench-probe")
 
+if os.environ.get("BENCH_TRACE_OUT"):  # when queued daemons look at the board, and what it says
+    import buildstudio.handlers.dispatch as _d
+    _trace = open(os.environ["BENCH_TRACE_OUT"], "a", buffering=1)
+    _queue_step = _d.DispatchDriver.queue_step
+    def _traced_step(self, d, *a, **kw):
+        step = _queue_step(self, d, *a, **kw)
+        _trace.write(json.dumps([time.time(), "slot", d.name, step.status.get("phase")]) + "\\n")
+        return step
+    _d.DispatchDriver.queue_step = _traced_step
+    _write_status = _d.DispatchDriver.write_status
+    async def _traced_write(self, d, step):
+        await _write_status(self, d, step)
+        _trace.write(json.dumps([time.time(), "status", d.name, self.status.get("phase"),
+                                 (self.status.get("progress") or {}).get("steps")]) + "\\n")
+    import buildstudio.handlers.context as _c
+    _c_forget = _c.QueueBoard.forget
+    def _traced_forget(self, key):
+        _trace.write(json.dumps([time.time(), "forget", key[1], key in self.overlay]) + "\\n")
+        return _c_forget(self, key)
+    _c.QueueBoard.forget = _traced_forget
+    _d.DispatchDriver.write_status = _traced_write
+
 tune_gc()
-kopf.run(registry=registry, standalone=True, clusterwide=True)
+if os.environ.get("BENCH_PROFILE_OUT"):  # cProfile of the whole operator, dumped once kopf has stopped
+    import cProfile
+    cProfile.run("kopf.run(registry=registry, standalone=True, clusterwide=True)", os.environ["BENCH_PROFILE_OUT"])
+else:
+    kopf.run(registry=registry, standalone=True, clusterwide=True)
 """
 
 
@@ -204,7 +270,7 @@ async def cluster(tmp: Path, *extra: str) -> AsyncIterator[ClusterProc]:
     log = (tmp / "cluster.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(REPO / "bench" / "_cluster.py"), "--stats", str(stats), *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
+        stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True, env=child_env(),
     )
     try:
         assert proc.stdout is not None
@@ -236,8 +302,7 @@ async def operator(tmp: Path, url: str, code: str = OPERATOR) -> AsyncIterator[O
     kubeconfig = tmp / "kubeconfig"
     kubeconfig.write_text(kubeconfig_text(url))
     probe = tmp / "operator-probe.jsonl"
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONPATH=OPERATOR_SRC,
-               BENCH_PROBE_OUT=str(probe))
+    env = dict(child_env(), KUBECONFIG=str(kubeconfig), PYTHONPATH=OPERATOR_SRC, BENCH_PROBE_OUT=str(probe))
     log = (Path(tempfile.gettempdir()) / "buildstudio-bench-operator.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log,
@@ -250,12 +315,19 @@ async def operator(tmp: Path, url: str, code: str = OPERATOR) -> AsyncIterator[O
         log.close()
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a process the bench starts: with ``PARENT_GUARD`` it ends with the bench."""
+    return dict(os.environ, BENCH_PARENT_PID=str(os.getpid()))
+
+
 def cancel_on_sigterm() -> None:
-    """SIGTERM (``timeout``, a CI runner) cancels the bench's main task, so that its context managers
-    still stop the processes it started (they run in their own sessions, so no signal reaches them)."""
+    """SIGTERM (``timeout``, a CI runner) or SIGHUP cancels the bench's main task, so that its context
+    managers still stop the processes it started (they run in their own sessions, so no signal reaches
+    them); SIGINT does so already (``asyncio.run``)."""
     task = asyncio.current_task()
     if task is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
 
 
 async def stop_process(proc: asyncio.subprocess.Process, sig: int, grace: float) -> None:

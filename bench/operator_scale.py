@@ -1,7 +1,7 @@
 """Operator at scale: many dispatches running at once, their pods streaming progress at a runner's pace.
 
     nice .venv/bin/python bench/operator_scale.py [--running 50] [--queued 25] [--repeats 3]
-        [--run-seconds 30:60] [--progress-interval 2]
+        [--run-seconds 30:60] [--progress-interval 2] [--status-interval 2]
 
 Three processes: the cluster (``bench/_cluster.py``: the API emulator of ``tests/kube`` and the
 kubelet fixture, whose every sandbox pod's agent logs a progress record every ~``progress-interval``
@@ -18,6 +18,11 @@ by the operator, status writes per running dispatch per minute. Over the whole r
 staleness (per record the agent logged: time until the bench's watch sees a status with that
 record or a newer one, p50/p95), records never shown before the dispatch finished, and slot
 hand-over (reporter terminated → next queued pod ADDED on the bench's watch, FIFO pairing, p50/p95).
+Staleness is also split at the operator's own status write (its trace says which record each write
+carried): the operator's part (record → write) and the API's watch delivery (write → the bench's
+watch). Inside the operator, once a second: its loop's lateness, its bounded pools' busy connections
+and waiters, status patch round trips; the cluster process's loop lateness. ``--status-interval`` is
+the operator's progress throttle (``Settings.status_patch_interval``).
 Each figure: min/median/max over the repeats. Prints figures only; asserts nothing.
 """
 
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -115,6 +121,8 @@ async def one_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     samples: list[tuple[float, float, float, float, float, float]] = []  # t, op cpu, cluster cpu, rss, threads
     with tempfile.TemporaryDirectory(prefix="bs-bench-scale-") as tmpdir:
         tmp = Path(tmpdir)
+        trace = tmp / "operator-trace.jsonl"  # the operator's status writes (_common.OPERATOR)
+        os.environ["BENCH_TRACE_OUT"] = str(trace)
         extra = ["--kubelet", "--run-seconds", args.run_seconds, "--progress-interval", str(args.progress_interval),
                  "--seed", str(seed)]
         async with (
@@ -153,6 +161,8 @@ async def one_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                                 break
                             await asyncio.sleep(1.0)
                         probes = op.probes()
+                        lines = trace.read_text().splitlines() if trace.exists() else []
+                        writes_seen = [json.loads(x) for x in lines if x.strip()]
                         timed_out = time.monotonic() >= deadline
                 finally:
                     for t in tasks:
@@ -162,7 +172,9 @@ async def one_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     if args.dump:
         Path(f"{args.dump}.{seed}.json").write_text(json.dumps({  # noqa: ASYNC240
             "t_created": t_created, "pod_added": watches.pod_added, "steps": watches.steps,
-            "finished_at": watches.finished_at, "samples": samples, "probes": probes, "stats": stats}))
+            "finished_at": watches.finished_at, "samples": samples, "probes": probes, "stats": stats,
+            "trace": writes_seen}))
+    stats["trace"] = writes_seen
     return analyse(args, names, watches, samples, probes, stats, t_created, timed_out, (low, high))
 
 
@@ -190,6 +202,18 @@ def analyse(args: argparse.Namespace, names: list[str], w: Watches, samples: lis
     out["log_threads"] = max((p["log_threads"] for p in probes), default=float("nan"))
     out["follow_tasks"] = max((p["follow_tasks"] for p in probes), default=float("nan"))
     out["tasks"] = max((p["tasks"] for p in probes), default=float("nan"))
+    # Inside the operator, once a second: the loop's lateness and its bounded pools' use and waiters.
+    lags = [p["lag"] for p in probes if "lag" in p]
+    out["loop_lag_p95"], out["loop_lag_max"] = pct(lags, 95), max(lags, default=float("nan"))
+    in_window = [p for p in probes if t0 <= p["t"] <= t1 and "patches" in p]
+    n_patch = sum(p["patches"][0] for p in in_window)
+    out["patch_ms_mean"] = sum(p["patches"][1] for p in in_window) / n_patch * 1000 if n_patch else float("nan")
+    out["patch_ms_max"] = max((p["patches"][2] * 1000 for p in probes if "patches" in p), default=float("nan"))
+    late = [x[1] for x in stats.get("lateness") or [] if t0 <= x[0] <= t1]
+    out["cluster_lag_p95"], out["cluster_lag_max"] = pct(late, 95), max(late, default=float("nan"))
+    bounded = [pool for p in probes for pool in p.get("pools", []) if pool[0]]
+    out["pool_busy_max"] = max((pool[1] for pool in bounded), default=float("nan"))
+    out["pool_waiters_max"] = max((pool[2] for pool in bounded), default=float("nan"))
     writes = stats.get("writes") or []
     op_w = [x for x in writes if x[1] == "operator" and t0 <= x[0] <= t1]
     if t1 > t0:
@@ -215,6 +239,8 @@ def analyse(args: argparse.Namespace, names: list[str], w: Watches, samples: lis
     out["status_per_min_running"] = statistics.median(rates) if rates else float("nan")
     # Staleness: each record's time until the watch shows it (or a newer one) in status.
     lat: list[float] = []
+    lat_launch: list[float] = []  # records logged while the first wave was still being launched
+    lat_steady: list[float] = []  # records logged in the steady window
     unseen = 0
     emitted = stats.get("emitted") or {}
     for pod, times in emitted.items():
@@ -225,10 +251,36 @@ def analyse(args: argparse.Namespace, names: list[str], w: Watches, samples: lis
                 j += 1
             if j < len(seen):
                 lat.append(max(seen[j][0] - t_emit, 0.0))
+                if t_emit < t0:
+                    lat_launch.append(lat[-1])
+                elif t_emit <= t1:
+                    lat_steady.append(lat[-1])
             else:
                 unseen += 1
     out["stale_p50"], out["stale_p95"], out["stale_max"] = pct(lat, 50), pct(lat, 95), max(lat, default=float("nan"))
     out["records"], out["unseen"] = len(lat) + unseen, unseen
+    out["stale_steady_p50"], out["stale_steady_p95"] = pct(lat_steady, 50), pct(lat_steady, 95)
+    # The same staleness split at the operator's status write (its own trace: when the write carrying
+    # record i returned): the operator's part, then the API's watch delivery to the bench.
+    carried: dict[str, list[tuple[float, int]]] = {}
+    for x in stats.get("trace") or []:
+        if x[1] == "status" and len(x) > 4 and x[4] is not None:
+            carried.setdefault(x[2], []).append((x[0], int(x[4])))
+    op_part: list[float] = []
+    delivery: list[float] = []
+    for pod, times in emitted.items():
+        name = pod.removesuffix("-1")
+        done, seen = carried.get(name, []), w.steps.get(name, [])
+        for i, t_emit in enumerate(times, start=1):
+            t_write = next((t for t, steps in done if steps >= i), None)
+            t_seen = next((t for t, steps in seen if steps >= i), None)
+            if t_write is not None and t_emit <= t1:
+                op_part.append(max(t_write - t_emit, 0.0))
+                if t_seen is not None:
+                    delivery.append(max(t_seen - t_write, 0.0))
+    out["stale_op_p50"], out["stale_op_p95"] = pct(op_part, 50), pct(op_part, 95)
+    out["delivery_p50"], out["delivery_p95"] = pct(delivery, 50), pct(delivery, 95)
+    out["stale_launch_p95"] = pct(lat_launch, 95)
     # Hand-over: the k-th reporter termination frees the slot the k-th queued pod takes (FIFO).
     ended = sorted(e["reporter"] for e in (stats.get("ended") or {}).values() if "reporter" in e)
     later = added[args.running:]
@@ -250,9 +302,12 @@ async def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="bound on one run (s)")
     ap.add_argument("--pool-size", type=int, default=0,
                     help="experiment: the operator's API connection pool (its adapter's default is 32)")
+    ap.add_argument("--status-interval", type=float, default=2.0,
+                    help="the operator's Settings.status_patch_interval (progress throttle), s")
     ap.add_argument("--dump", default="", help="write each run's raw observations to DUMP.<run>.json")
     args = ap.parse_args()
     cancel_on_sigterm()
+    os.environ["BENCH_STATUS_INTERVAL"] = str(args.status_interval)  # read by the operator process
     if args.queued is None:
         args.queued = args.running // 2
     high = float(args.run_seconds.split(":")[1])
@@ -261,7 +316,8 @@ async def main() -> None:
     if args.pool_size:
         print(f"EXPERIMENT: the operator's adapter connection pool set to {args.pool_size} (default 32)")
     print(f"operator at scale: {args.running} running (maxRunning) + {args.queued} queued, pods "
-          f"{args.run_seconds} s, a progress record every ~{args.progress_interval:g} s; {args.repeats} repeats; "
+          f"{args.run_seconds} s, a progress record every ~{args.progress_interval:g} s, progress throttle "
+          f"{args.status_interval:g} s; {args.repeats} repeats; "
           f"{host_load()}", flush=True)
     runs = []
     for i in range(args.repeats):
@@ -282,12 +338,27 @@ async def main() -> None:
         ("operator asyncio tasks (max)", "tasks", "{:.0f}"),
         ("  of which log-following tasks (max)", "follow_tasks", "{:.0f}"),
         ("operator TCP connections to the API (max)", "connections", "{:.0f}"),
+        ("  bounded pools: connections in use (max)", "pool_busy_max", "{:.0f}"),
+        ("  requests waiting for a pooled connection (max)", "pool_waiters_max", "{:.0f}"),
+        ("operator loop lateness p95, s (1 s probe)", "loop_lag_p95", "{:.3f}"),
+        ("operator loop lateness max, s", "loop_lag_max", "{:.3f}"),
+        ("status patch round trip, mean in the window, ms", "patch_ms_mean", "{:.0f}"),
+        ("  max over the run, ms", "patch_ms_max", "{:.0f}"),
+        ("cluster process loop lateness p95, s (steady)", "cluster_lag_p95", "{:.3f}"),
+        ("  max, s", "cluster_lag_max", "{:.3f}"),
         ("API writes/s by the operator (steady)", "writes_per_s", "{:.1f}"),
         ("status writes per running dispatch per minute", "status_per_dispatch_min", "{:.1f}"),
         ("  same, per dispatch while its agent streams (median)", "status_per_min_running", "{:.1f}"),
         ("progress staleness p50, s", "stale_p50", "{:.2f}"),
         ("progress staleness p95, s", "stale_p95", "{:.2f}"),
         ("progress staleness max, s", "stale_max", "{:.2f}"),
+        ("  p50, records logged in the steady window, s", "stale_steady_p50", "{:.2f}"),
+        ("  p95, records logged in the steady window, s", "stale_steady_p95", "{:.2f}"),
+        ("  p95, records logged while the first wave launched, s", "stale_launch_p95", "{:.2f}"),
+        ("  at the operator's write (record -> its status write) p50, s", "stale_op_p50", "{:.2f}"),
+        ("  at the operator's write p95, s", "stale_op_p95", "{:.2f}"),
+        ("  watch delivery (status write -> bench's watch) p50, s", "delivery_p50", "{:.2f}"),
+        ("  watch delivery p95, s", "delivery_p95", "{:.2f}"),
         ("records never shown / records", "unseen", "{:.0f}"),
         ("slot hand-over p50, s (reporter ended -> next pod)", "handover_p50", "{:.2f}"),
         ("slot hand-over p95, s", "handover_p95", "{:.2f}"),
@@ -299,8 +370,9 @@ async def main() -> None:
         print(f"  {label:52s} {spread([r.get(key, float('nan')) for r in runs], fmt)}{extra}")
     print(f"  dispatches finished: {[r['finished'] for r in runs]} of {args.running + args.queued}, "
           f"succeeded {[r['succeeded'] for r in runs]}; hand-overs measured {[r['handovers'] for r in runs]}")
-    print(f"  progress throttle: Settings.status_patch_interval = 2.0 s -> at most 30 progress writes per "
-          f"dispatch per minute; records every ~{args.progress_interval:g} s -> "
+    print(f"  progress throttle: Settings.status_patch_interval = {args.status_interval:g} s -> at most "
+          f"{60 / args.status_interval:.0f} progress writes per dispatch per minute; records every "
+          f"~{args.progress_interval:g} s -> "
           f"{60 / args.progress_interval:.0f} per minute")
 
 

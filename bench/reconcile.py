@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
 import statistics
@@ -45,21 +44,34 @@ from typing import Any
 import httpx
 import kmock
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tests.kube.client import kubeconfig_text  # noqa: E402
-from tests.kube.emulator import Emulator, register_buildstudio  # noqa: E402
+from _common import (  # the checkout's (or BENCH_OPERATOR_SRC's) buildstudio on sys.path
+    OPERATOR_SRC,
+    PARENT_GUARD,
+    SETTINGS,
+    cancel_on_sigterm,
+    child_env,
+    cpu_seconds,
+    dispatch,
+    engine,
+    pct,
+    present_status,
+    rss_mb,
+    stop_process,
+)
+from tests.kube.client import kubeconfig_text
+from tests.kube.emulator import Emulator, register_buildstudio
 
-from buildstudio.commands.scripted_server import ScriptedServer  # noqa: E402
-from buildstudio.core.settings import SandboxDefaults  # noqa: E402
+from buildstudio.commands.scripted_server import ScriptedServer
 
+# As `buildstudio operator` runs it, with the benches' SETTINGS (egress by an admin CIDR: no DNS here).
 OURS = """
-import logging, kopf
+import logging, os, kopf
 from buildstudio.handlers import build_registry, tune_gc
-from buildstudio.core.settings import Settings
+from buildstudio.core.settings import EgressSettings, Settings
 logging.basicConfig(level=logging.WARNING)
-registry = build_registry(Settings(), namespace="default", seed=False)
+registry = build_registry(""" + SETTINGS + """, namespace="default", seed=False)
 tune_gc()  # as `buildstudio operator` (run_operator) does
 kopf.run(registry=registry, standalone=True, clusterwide=True)
 """
@@ -109,49 +121,6 @@ async def create(name, namespace, uid, spec, **_):
 
 kopf.run(registry=registry, standalone=True, clusterwide=True)
 """
-
-
-def engine(base_url: str, max_running: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "buildstudio.dpf.dev/v1alpha1",
-        "kind": "BuildEngine",
-        "metadata": {"name": "opencode"},
-        "spec": {
-            "engine": "opencode",
-            "endpoint": "local",
-            "capabilities": ["localModels"],
-            "version": "1.18.33",
-            "command": ["opencode", "run"],
-            "versionCommand": ["opencode", "--version"],
-            "modelService": {"baseURL": base_url},
-            "models": [{"id": "qwen3-coder", "tier": "strong", "supportsToolUse": True, "contextOverride": 65536}],
-            "concurrency": {"maxRunning": max_running, "maxRunningPerModel": max_running},
-        },
-    }
-
-
-def present_status() -> dict[str, Any]:
-    """As the presence probe would leave it, so the benchmark needs no kubelet."""
-    return {
-        "present": True,
-        "version": "1.18.33",
-        "presence": {
-            "method": "probe-pod",
-            "checkedAt": "2026-01-01T00:00:00Z",
-            "message": "preset by the benchmark",
-            "image": SandboxDefaults().image,
-            "observedGeneration": 1,
-        },
-    }
-
-
-def dispatch(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "buildstudio.dpf.dev/v1alpha1",
-        "kind": "BuildDispatch",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"prompt": "add a test", "repo": {"url": "https://example.com/r.git"}, "model": "qwen3-coder"},
-    }
 
 
 CHILD_SUFFIX = re.compile(r"-(\d+|config|egress|patch)$")
@@ -238,12 +207,12 @@ class Bench:
         self.log = (Path(tempfile.gettempdir()) / "buildstudio-bench-operator.log").open("ab")
 
     async def start_operator(self, code: str, gc_out: Path) -> asyncio.subprocess.Process:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONPATH=str(REPO / "operator"))
+        env = dict(child_env(), KUBECONFIG=str(self.kubeconfig), PYTHONPATH=OPERATOR_SRC)
         env["BENCH_GC_OUT"] = str(gc_out)
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            COLLECTOR + code,
+            PARENT_GUARD + COLLECTOR + code,
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=self.log,
@@ -308,30 +277,6 @@ class Bench:
         return sorted(self.pods_seen[f"{name}-1"] - t for name, t in posted.items() if f"{name}-1" in self.pods_seen)
 
 
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.wait_for(proc.wait(), 5)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @dataclass
 class Env:
     """One operator with its own emulator, ready for dispatches."""
@@ -357,7 +302,7 @@ async def environment(code: str, *, ours: bool, max_running: int, model_url: str
     ):
         register_buildstudio(emulator)
         url = str(server.url).rstrip("/")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix="bs-bench-reconcile-") as tmp:
             kubeconfig = Path(tmp) / "kubeconfig"
             kubeconfig.write_text(kubeconfig_text(url))
             gc_out = Path(tmp) / "gc.json"
@@ -379,7 +324,7 @@ async def environment(code: str, *, ours: bool, max_running: int, model_url: str
                     await asyncio.sleep(3.0)  # start-up (imports, login, initial listings)
                     yield env
                 finally:
-                    await stop(proc)
+                    await stop_process(proc, signal.SIGTERM, 15)
                     if gc_out.exists():
                         env.gc_log = [tuple(row) for row in json.loads(gc_out.read_text())]
                     watcher.cancel()
@@ -452,10 +397,6 @@ async def paired(n: int, settle: float = 0.05) -> tuple[list[float], list[float]
         return sorted(out[0]), sorted(out[1])
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) >= 2 else float("nan")
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dispatches", type=int, default=200)
@@ -464,6 +405,7 @@ async def main() -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-paired", action="store_true")
     args = ap.parse_args()
+    cancel_on_sigterm()  # the operators run in their own sessions: the finally blocks stop them
     rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for i in range(args.rounds):
         # Alternate the order: on a shared machine, load drifts between the two phases of a round.

@@ -69,13 +69,15 @@ async def run_runner(
 ) -> Run:
     """Run ``python -m buildstudio.sandbox.runner`` like the pod would; ``during`` runs alongside (e.g. cancel)."""
     spec_file = write_spec(spec_dict, tmp / "spec.json")
+    # opencode's Bun leaves a 5.5 MB library in TMPDIR on every start: keep it in the test's tmp.
+    (tmp / "tmp").mkdir(exist_ok=True)
     t0 = time.monotonic()
     proc = await start_runner(
         spec_file,
         workspace=ws,
         home=tmp / "home",
         opencode_bin=opencode or OPENCODE or "",
-        env={**os.environ, **(extra_env or {})},
+        env={**os.environ, "TMPDIR": str(tmp / "tmp"), **(extra_env or {})},
     )
     side = asyncio.ensure_future(during(proc)) if during else None
     try:

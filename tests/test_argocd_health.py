@@ -94,3 +94,19 @@ def test_docs_name_the_argocd_cm_keys_and_the_files() -> None:
     for kind, path in SCRIPTS.items():
         assert f"resource.customizations.health.buildstudio.dpf.dev_{kind}" in text
         assert str(path.relative_to(REPO_ROOT)) in text
+
+
+READY_BY_HEALTH = {"Healthy": "True", "Degraded": "False", "Progressing": "Unknown", "Suspended": "Unknown"}
+
+
+@pytest.mark.parametrize("sample", [s for s in DISPATCHES if s.obj.get("status")], ids=lambda s: s.name)
+def test_ready_tells_tools_that_know_only_ready_what_the_health_check_says(sample: Sample) -> None:
+    """``Ready`` (for kubectl wait, kstatus, dashboards) follows Succeeded on every sample the state machine
+    wrote: True on success, False with the failure's reason once it ended otherwise, Unknown on the way."""
+    conditions = {c["type"]: c for c in sample.obj["status"]["conditions"]}
+    ready, done = conditions["Ready"], conditions.get("Succeeded")
+    assert ready["status"] == READY_BY_HEALTH[sample.health], ready
+    if done is not None and done["status"] != "Unknown":
+        assert (ready["reason"], ready["message"]) == (done["reason"], done["message"])
+    else:
+        assert ready["reason"] == sample.obj["status"]["phase"]

@@ -141,6 +141,9 @@ def test_the_checker_catches_unknown_series_and_labels() -> None:
     assert unknown_refs("buildstudio_running_dispatches > 0") == ["series buildstudio_running_dispatches"]
     assert unknown_refs('buildstudio_queue_length{engine="a"}') == ["label engine of buildstudio_queue_length"]
     assert unknown_refs("sum by (model) (buildstudio_preflight_failures_total)") == ["grouping label model"]
+    assert unknown_refs("sum by (engine, reason) (buildstudio_preflight_failures_total)") == []
+    running = 'buildstudio_dispatches_running{model="m"}'
+    assert unknown_refs(running) == ["label model of buildstudio_dispatches_running"]
     assert unknown_refs("up == 0") == ["series up"]  # Prometheus' own series are not the operator's
 
 
@@ -214,6 +217,8 @@ def test_lints_strict_with_the_options_on(helm: tuple[str, dict[str, str]], valu
         ({"metrics.prometheusRule.queueStuckFor": "an hour"}, "/metrics/prometheusRule/queueStuckFor"),
         ({"metrics.prometheusRule.selector": "{job=x}"}, "/metrics/prometheusRule/selector"),
         ({"metrics.prometheusRule.extra": "1"}, "/metrics/prometheusRule"),
+        ({"metrics.prometheusRule.kubeApiErrorsPerMinute": "0"}, "/metrics/prometheusRule/kubeApiErrorsPerMinute"),
+        ({"metrics.prometheusRule.kubeApiErrorsPerMinute": "many"}, "/metrics/prometheusRule/kubeApiErrorsPerMinute"),
     ],
 )
 def test_schema_rejects_bad_observability_values(
@@ -318,6 +323,7 @@ ALERTS = {
     "BuildStudioQueueStuck",
     "BuildStudioQueueTimeouts",
     "BuildStudioPreflightFailing",
+    "BuildStudioKubeAPIErrors",
 }
 
 
@@ -362,6 +368,7 @@ def test_rule_values_reach_the_rules(helm: tuple[str, dict[str, str]]) -> None:
             "metrics.prometheusRule.failureRatio": "0.25",
             "metrics.prometheusRule.failureWindow": "1h",
             "metrics.prometheusRule.queueStuckFor": "2h",
+            "metrics.prometheusRule.kubeApiErrorsPerMinute": "0.5",
         },
     )
     (rule,) = _of(docs, "PrometheusRule")
@@ -373,6 +380,7 @@ def test_rule_values_reach_the_rules(helm: tuple[str, dict[str, str]]) -> None:
     assert ") > 0.25" in rules["BuildStudioDispatchFailureRate"]["expr"]
     assert "[1h]" in rules["BuildStudioDispatchFailureRate"]["expr"]
     assert "[2h]" in rules["BuildStudioQueueStuck"]["expr"]
+    assert rules["BuildStudioKubeAPIErrors"]["expr"].rstrip().endswith("* 60 > 0.5")
 
 
 # --- promtool: syntax, and the alerts run on synthetic series ------------------------------------------------
@@ -415,6 +423,10 @@ def _series(metric: str, values: str, **labels: str) -> dict[str, str]:
 
 def _finished(outcome: str, values: str, engine: str = "opencode", model: str = "m") -> dict[str, str]:
     return _series("buildstudio_dispatches_total", values, engine=engine, model=model, outcome=outcome)
+
+
+def _api_errors(values: str, verb: str, resource: str, code: str) -> dict[str, str]:
+    return _series("buildstudio_kube_api_errors_total", values, verb=verb, resource=resource, code=code)
 
 
 def _alert(name: str, at: str, *fired: dict[str, str]) -> dict[str, Any]:
@@ -467,6 +479,23 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
             _alert("BuildStudioPreflightFailing", "10m", {"engine": "opencode", "model": "big", "severity": "warning"}),
         ],
     ),
+    (
+        "the API server refuses patches; 404s and 409s are expected",
+        [
+            _api_errors("0+5x40", "patch", "builddispatches", "503"),
+            _api_errors("0+50x40", "read", "pods", "404"),
+            _api_errors("0+50x40", "create", "configmaps", "409"),
+            _api_errors("0+1x40", "list", "pods", "timeout"),
+        ],
+        [
+            _alert("BuildStudioKubeAPIErrors", "8m"),  # for: 10m
+            _alert(
+                "BuildStudioKubeAPIErrors",
+                "25m",
+                {"verb": "patch", "resource": "builddispatches", "severity": "warning"},
+            ),  # one timeout a minute is at the threshold, not over it
+        ],
+    ),
 ]
 
 
@@ -486,3 +515,74 @@ def test_promtool_runs_the_alerts(helm: tuple[str, dict[str, str]], promtool: st
     proc = _promtool(promtool, "test", "rules", "test.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {a["alertname"] for _, _, checks in ALERT_CASES for a in checks} == ALERTS
+
+
+# --- the series the operator feeds (adapters/metrics.py) -------------------------------------------------------
+def _value(name: str, **labels: str) -> float:
+    from buildstudio.adapters.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_running_gauge_counts_each_dispatch_once_under_its_engine() -> None:
+    from buildstudio.adapters.metrics import RunningDispatch
+
+    before = _value("buildstudio_dispatches_running", engine="e-running")
+    a, b = RunningDispatch(), RunningDispatch()
+    a.sync("e-running", running=False)  # queued: not counted
+    assert _value("buildstudio_dispatches_running", engine="e-running") == before
+    a.sync("e-running", running=True)
+    a.sync("e-running", running=True)  # every look after a step: still once
+    b.sync("e-running", running=True)
+    assert _value("buildstudio_dispatches_running", engine="e-running") == before + 2
+    a.sync("e-running", running=False)  # finished
+    b.sync("", running=False)  # its daemon ended (operator stopping, dispatch deleted)
+    assert _value("buildstudio_dispatches_running", engine="e-running") == before
+
+
+def test_relay_counters_come_from_the_finished_dispatchs_summary() -> None:
+    from buildstudio.adapters.metrics import record_relay
+
+    labels = {"engine": "e-relay", "model": "m"}
+    record_relay("e-relay", "m", {"repairedToolCalls": 3, "unrepairedToolCalls": 1})
+    record_relay("e-relay", "m", {"repairedToolCalls": 0})  # relay off or nothing to repair
+    record_relay("e-relay", "m", None)
+    assert _value("buildstudio_relay_tool_calls_total", **labels, result="repaired") == 3
+    assert _value("buildstudio_relay_tool_calls_total", **labels, result="unrepaired") == 1
+
+
+async def test_kube_api_errors_are_counted_by_verb_resource_and_code() -> None:
+    """Through the real adapter: an answer that is an error, and an API server that is not there."""
+    from aiohttp import web
+    from kubernetes_asyncio import client as k8s_client
+
+    from buildstudio.adapters.kube import Kube, KubeError
+
+    async def unavailable(_: web.Request) -> web.Response:
+        return web.json_response({"kind": "Status", "code": 503}, status=503)
+
+    app = web.Application()
+    app.router.add_route("PATCH", "/api/v1/namespaces/n/pods/p", unavailable)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    kube = Kube(k8s_client.ApiClient(k8s_client.Configuration(host=f"http://127.0.0.1:{port}")), timeout=2.0)
+    before = _value("buildstudio_kube_api_errors_total", verb="patch", resource="pods", code="503")
+    try:
+        with pytest.raises(KubeError):
+            await kube.merge_patch("Pod", "p", "n", {"metadata": {"labels": {"a": "b"}}})
+    finally:
+        await kube.aclose()
+        await runner.cleanup()
+    assert _value("buildstudio_kube_api_errors_total", verb="patch", resource="pods", code="503") == before + 1
+
+    gone = Kube(k8s_client.ApiClient(k8s_client.Configuration(host=f"http://127.0.0.1:{port}")), timeout=2.0)
+    before = _value("buildstudio_kube_api_errors_total", verb="read", resource="pods", code="connection")
+    try:
+        with pytest.raises(OSError):  # aiohttp's ClientConnectorError is one
+            await gone.get("Pod", "p", "n")
+    finally:
+        await gone.aclose()
+    assert _value("buildstudio_kube_api_errors_total", verb="read", resource="pods", code="connection") == before + 1

@@ -1,4 +1,4 @@
-"""Issue #14, finding 4: repository input is data, never git options.
+"""Issue #14, finding 4: repository input is data, never git options (and #19: a prompt has text).
 
 The same checks refuse a bad ref or URL in three places: the pure validators (core.inputs), the
 API model the operator parses a dispatch with (InvalidSpec before any child object exists), and
@@ -9,9 +9,11 @@ apiserver's).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from buildstudio.api import inputs
 from buildstudio.api.dispatch import BuildDispatchSpec
@@ -203,3 +205,37 @@ def test_local_run_refuses_option_like_input_and_takes_paths() -> None:
     assert "option" in (local_spec.repo_problem({"repo": ".", "ref": "--orphan=x"}) or "")
     assert local_spec.repo_problem({"repo": "--upload-pack=x"}) is not None
     assert local_spec.repo_problem({"repo": "ssh://-oProxyCommand=x/y"}) is not None
+
+
+# ---------------------------------------------------------------- prompts (#19): CLI and CRD refuse the same
+
+CRDS = Path(__file__).resolve().parents[1] / "crds"
+SPACES = [chr(c) for c in range(0x110000) if chr(c).isspace()]  # what `buildstudio run` strips
+BLANK_PROMPTS = ["", " ", "\t\n  \r\n", "\x0b\x0c", "\x1c\x1f", "\xa0", "\u3000\u2028", "".join(SPACES)]
+GOOD_PROMPTS = ["x", "  Fix the flaky test\n", "\u200bzero-width space is no whitespace", "\x00", "'\\'"]
+
+
+@pytest.mark.parametrize("value", [*BLANK_PROMPTS, *SPACES, *GOOD_PROMPTS], ids=repr)
+def test_prompt_rules_mean_the_same_in_python_and_in_cel(value: str) -> None:
+    python = [r.message for r in inputs.PROMPT_RULES if r.broken_by(value)]
+    assert _cel_refuses(inputs.PROMPT_RULES, value) == python
+    assert bool(python) == (not value.strip())  # refused exactly when the CLI's strip() leaves nothing
+
+
+@pytest.mark.parametrize("prompt", BLANK_PROMPTS[1:], ids=repr)  # "" is minLength's
+def test_the_crd_and_the_model_refuse_a_whitespace_prompt(prompt: str) -> None:
+    manifest = _dispatch({"url": "https://g/r.git"})
+    manifest["spec"]["prompt"] = prompt
+    assert crdcheck.errors(manifest) == [f".spec.prompt: {inputs.PROMPT_RULES[0].message}"]
+    assert any("only whitespace" in e for e in local_spec.manifest_errors(manifest))
+    with pytest.raises(ValueError, match="only whitespace"):
+        BuildDispatchSpec(prompt=prompt)
+
+
+def test_cel_literals_carry_no_character_a_yaml_parser_breaks_lines_at() -> None:
+    """U+0085/U+2028/U+2029 are line breaks to YAML 1.1 parsers: in the CRD they are CEL escapes."""
+    rule = inputs.PROMPT_RULES[0].cel()
+    assert rule.isascii() and "\\u2028" in rule
+    crd = yaml.safe_load((CRDS / "buildstudio.dpf.dev_builddispatches.yaml").read_text(encoding="utf-8"))
+    prompt = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["prompt"]
+    assert prompt["x-kubernetes-validations"][0]["rule"] == rule  # the file reads back as generated

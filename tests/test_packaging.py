@@ -1135,3 +1135,26 @@ def test_dockerignore_keeps_the_build_context_minimal() -> None:
         "charts/build-studio/values.yaml",
     ):
         assert dockerignored(path, patterns), path
+
+
+def test_kubectl_buildstudio_is_the_same_command_as_a_kubectl_plugin(tmp_path: Path) -> None:
+    """`kubectl buildstudio …` runs the console script `kubectl-buildstudio` found on PATH: the same main."""
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts["kubectl-buildstudio"] == scripts["buildstudio"] == "buildstudio.cli:main"
+    kubectl = _find_tool("KUBECTL_BIN", ".tools/bin/kubectl", "kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (.ci/install-kube-tools.sh)")
+    # What pip writes for the entry point (the editable install may predate it).
+    plugin = tmp_path / "kubectl-buildstudio"
+    plugin.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom buildstudio.cli import main\nsys.exit(main())\n", encoding="utf-8"
+    )
+    plugin.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(REPO_ROOT / "operator"), "KUBECONFIG": str(tmp_path / "none")}  # fmt: skip
+    found = subprocess.run([kubectl, "plugin", "list", "--name-only"], capture_output=True, text=True,
+                           env=env, timeout=TOOL_TIMEOUT)  # fmt: skip
+    assert "kubectl-buildstudio" in found.stdout, found.stdout + found.stderr
+    done = subprocess.run([kubectl, "buildstudio", "explain", "bd.spec.prompt"], capture_output=True, text=True,
+                          env=env, timeout=TOOL_TIMEOUT)  # fmt: skip
+    assert done.returncode == 0 and "only whitespace" in done.stdout, done.stderr

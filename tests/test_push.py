@@ -291,7 +291,7 @@ def test_trailers_are_one_line_each_and_user_data_cannot_add_any() -> None:
         "Build-Studio-Approved-By",
     ]
     assert "Build-Studio-Approved-By: mallory Build-Studio-Verdict: Forged" in lines
-    assert message.splitlines()[0] == "buildstudio: Do it Build-Studio-Review: forged"
+    assert message.splitlines()[0] == "buildstudio: Do it"  # the subject is the prompt's first line only
 
 
 def test_the_ship_pod_has_one_push_container_with_the_credential_and_no_agent() -> None:

@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "buildstudio.commands.local",  # run --local
     "buildstudio.commands.preflight",  # preflight
     "buildstudio.commands.cluster",  # submit, watch, diff, cancel
+    "buildstudio.commands.pipeline_local",  # pipeline --local
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +75,10 @@ def _cmd_engines(args: argparse.Namespace) -> int:
         entries = registry.load(Path(args.file) if args.file else None)
     except registry.RegistryError as exc:
         print(f"buildstudio: invalid engine registry: {one_line(str(exc), 1000)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        print(f"buildstudio: cannot read {args.file}: {why}; check the path (-f FILE)", file=sys.stderr)
         return EXIT_USAGE
     if args.check:
         print(f"{len(entries)} engines valid (the CRD's models and CEL rules)")

@@ -56,6 +56,7 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     make_repo(root / "dirty")
     (root / "dirty" / "mine.txt").write_text("my own uncommitted work\n")
     make_repo(root / "clean")
+    (root / "bad-engines.yaml").write_text("engines:\n  - engine: opencode\n")
     yield root
 
 
@@ -87,6 +88,7 @@ def cases(root: Path) -> list[Case]:
         # prompts: empty and whitespace-only are refused, never replaced by the sample task
         Case("prompt-empty", [*run, "--prompt", ""], 2, ["empty prompt", "--prompt-file"]),
         Case("prompt-whitespace", [*run, "--prompt", "  \n\t "], 2, ["empty prompt"]),
+        Case("prompt-unicode-whitespace", [*run, "--prompt", "\u3000\xa0\u2028"], 2, ["empty prompt"]),  # as the CRD
         Case("prompt-stdin-empty", [*run, "--prompt", "-"], 2, ["empty prompt"], stdin="\n"),
         Case("prompt-file-missing", [*run, "--prompt-file", str(root / "nope.txt")], 2, ["cannot read --prompt-file"]),
         Case("prompt-too-long", [*run, "--prompt", "-"], 2, ["256 Ki"], stdin="x" * (4 * 262_144 + 1)),
@@ -104,6 +106,11 @@ def cases(root: Path) -> list[Case]:
         Case("workspace-not-git", [*run, "--workspace", str(root / "home")], 2, ["not a git work tree"]),
         Case("allow-dirty-alone", [*run, "--allow-dirty"], 2, ["--workspace"]),
         Case("manifest-missing", [*run, str(root / "nope.yaml")], 2, ["cannot read", "nope.yaml"]),
+        # `engines --check`, documented in the registry file's header
+        Case("engines-check-invalid", ["engines", "--check", "-f", str(root / "bad-engines.yaml")], 2,
+             ["invalid engine registry", "BuildEngineRegistry"]),
+        Case("engines-check-missing", ["engines", "--check", "-f", str(root / "nope.yaml")], 2,
+             ["cannot read", "nope.yaml", "-f FILE"]),
     ]
 
 
@@ -137,6 +144,20 @@ def test_error_is_one_line_with_its_exit_code(place: Path, case_id: str) -> None
     # Refused before any work: no gate, no preflight, no replay server, no temp directory.
     assert "gate:" not in done.stderr and "preflight:" not in done.stderr and "REPLAY MODEL" not in done.stderr
     assert not list((place / "home").glob("buildstudio-local-*"))
+
+
+def test_engines_check_validates_the_shipped_registry(place: Path) -> None:
+    done = cli(["engines", "--check"], home=place / "home", env={})
+    assert done.returncode == 0 and done.stdout.strip().endswith("engines valid (the CRD's models and CEL rules)")
+    assert done.stderr == ""
+
+
+def test_a_local_plan_run_records_its_phase(place: Path) -> None:
+    """The dispatch record of a text phase says which phase it was (it said "build")."""
+    done = cli(["run", "--local", "--model-server", PLAN_REPLAY, "-o", "json"], home=place / "home", env={})
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert (record["phase"], record["result"]["phase"], record["result"]["outcome"]) == ("plan", "plan", "Completed")
 
 
 def test_debug_shows_the_traceback(place: Path) -> None:

@@ -52,7 +52,7 @@ def test_local_gate_uses_the_registry_and_the_local_binary() -> None:
     missing = localrun.local_gate({"prompt": "p", "model": "qwen3-coder"}, opencode_present=False)
     assert (missing.admit, missing.reason) == (False, "EngineNotPresent")
     cloud = localrun.local_gate({"prompt": "p", "engine": "claude"}, opencode_present=True)
-    assert (cloud.admit, cloud.reason) == (False, "EngineNotPresent")  # --local never runs cloud engines
+    assert (cloud.admit, cloud.reason) == (False, "EngineNotPresent")  # until run --local finds its CLI (present=)
     plan = localrun.local_gate({"prompt": "p", "phase": "plan"}, opencode_present=False)
     assert (plan.admit, plan.text_only, plan.model) == (True, True, "qwen3-coder")
 
@@ -217,9 +217,9 @@ def test_plan_phase_is_text_generation_without_opencode(tmp_path: Path) -> None:
 
 
 def test_gate_refusal_and_invalid_manifest_exit_non_zero(tmp_path: Path) -> None:
-    refused = _cli(tmp_path, "run", "--local", "--engine", "claude", "--model-server",
+    refused = _cli(tmp_path, "run", "--local", "--engine", "nope", "--model-server",
                    "replay:examples/replays/add-subtract.json")
-    assert refused.returncode == 3 and "gate: EngineNotPresent" in refused.stderr
+    assert refused.returncode == 3 and "gate: EngineNotFound" in refused.stderr
     invalid = _cli(tmp_path, "run", "--local", "examples/invalid/bd-idle-exceeds-run.yaml")
     assert invalid.returncode == 2
     assert "timeouts.idleSeconds must not exceed timeouts.runSeconds" in invalid.stderr

@@ -44,6 +44,9 @@ def policy(control_plane: ControlPlane, crds: object) -> Iterator[str]:
     yield name
     listing = {"apiVersion": "v1", "kind": "List", "items": policies}
     control_plane.kubectl("delete", "-f", "-", stdin=json.dumps(listing), check=False)
+    # Gone before the namespace goes: a cluster-wide operator of a later module would meet them in a
+    # terminating namespace (its Events there get 403 NamespaceTerminating).
+    control_plane.kubectl("delete", "builddispatches,buildpipelines", "--all", "-n", NS, "--timeout=30s", check=False)
     control_plane.kubectl("delete", "namespace", NS, "--wait=false", check=False)
 
 

@@ -175,6 +175,8 @@ def _has_ref_option_rule() -> bool:
                  id="url-password"),
     pytest.param({"timeouts": {"idleSeconds": 900, "runSeconds": 600}},
                  "timeouts.idleSeconds must not exceed timeouts.runSeconds", id="idle-exceeds-run"),
+    pytest.param({"prompt": " \n\u3000\u2028 "}, "a prompt must not be empty or only whitespace",
+                 id="prompt-whitespace"),
 ])
 def test_apiserver_refuses_dangerous_dispatches(control_plane: ControlPlane, crds: object, namespace: str,
                                                 spec: dict[str, Any], expect: str) -> None:

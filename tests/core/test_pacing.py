@@ -55,3 +55,25 @@ def test_the_pause_after_a_step() -> None:
     assert p.pause_seconds(2.0, T0, deadline) == p.QUEUE_RECHECK_SECONDS  # queued: the recheck
     assert p.pause_seconds(2.0, deadline - timedelta(seconds=3), deadline) == 3.0  # or the deadline
     assert p.pause_seconds(2.0, deadline + timedelta(seconds=5), deadline) == 0.05
+
+
+def test_a_held_back_progress_write_wakes_the_daemon_when_the_throttle_allows_it() -> None:
+    assert p.carry_wake(10.0, throttled=False, since_last_write=0.5, interval=2.0) == 10.0
+    assert p.carry_wake(10.0, throttled=True, since_last_write=0.5, interval=2.0) == pytest.approx(1.5)
+    assert p.carry_wake(0.3, throttled=True, since_last_write=0.5, interval=2.0) == 0.3  # an earlier deadline
+    assert p.carry_wake(10.0, throttled=True, since_last_write=5.0, interval=2.0) == 0.05  # overdue: at once
+
+
+def test_a_running_pod_looks_at_the_clock_only_for_its_run_timeout() -> None:
+    from buildstudio.core.settings import Settings
+    from buildstudio.core.status import LiveState
+    from tests.core.test_machine import pod, to_running
+
+    settings = Settings()
+    st = to_running().status
+    first = m.running(dispatch(st), pod("Running"), LiveState(), T0, settings, log_ended=False)
+    assert first.wake_after == settings.running_recheck_seconds  # the backstop: wakes come from events
+    run_seconds = dispatch(first.status).spec.timeouts.run_seconds
+    near = T0 + timedelta(seconds=run_seconds + settings.run_timeout_slack - 3)
+    late = m.running(dispatch(first.status), pod("Running"), LiveState(), near, settings, log_ended=False)
+    assert late.wake_after == pytest.approx(3.0)  # the run timeout's backstop is due then

@@ -165,6 +165,22 @@ def test_a_long_plan_is_bounded_with_a_marker() -> None:
     assert "step 0: do the thing number 0\n" in section and "number 2999" not in section
 
 
+def test_a_plan_that_filled_the_status_cap_is_marked_as_cut_in_the_builds_prompt() -> None:
+    """In the cluster the plan is the plan dispatch's status.finalText: its first 4 KiB only."""
+    p = make(phases={"plan": True})
+    first = decide(p)
+    for text, cut in (("é" * (pl.STATUS_TEXT_BYTES // 2 - 1) + "x", True), ("1. Add it.\n" * 300, False)):
+        plan = Child.from_object(
+            {"metadata": {"name": "calc-plan", "ownerReferences": [{"uid": UID, "controller": True}]},
+             "status": {"phase": "Succeeded", "finalText": text}}
+        )  # fmt: skip
+        assert plan.final_text_cut is cut
+        step = decide(then(p, first), plan)
+        prompt = child_spec(created(step)[0]).prompt
+        assert ("[plan cut: the plan dispatch's status keeps only the first 4096 bytes" in prompt) is cut
+        assert ("(cut: the status keeps its first 4 KiB)" in cond(step, "Planned")["message"]) is cut
+
+
 def test_an_empty_plan_stops_the_pipeline() -> None:
     p = make(phases={"plan": True})
     step = decide(then(p, decide(p)), kid("calc-plan", final_text="  \n"))
@@ -457,3 +473,83 @@ def test_the_crd_lets_approval_and_cancel_change_and_nothing_else() -> None:
     assert any("spec.cancel cannot be undone" in e for e in crdcheck.errors(undone, approved))
     assert any("revisions need phases.review" in e
                for e in crdcheck.errors(_doc(revisions=1, phases={"review": False, "ship": False})))  # fmt: skip
+
+
+# ---------------------------------------------------------------- the shipped commit, local mode
+
+
+def test_the_commit_subject_is_the_tasks_first_line_not_the_plan_header() -> None:
+    from buildstudio.core.shippod import Provenance, commit_message
+
+    prompt = pl.build_prompt("Add subtract to calc.py\nwith a test.", ("calc-plan", "1. Add it.\n2. Test it."))
+    prov = Provenance("calc-build", "calc-ship", "opencode", "m", "calc-review", "Approve", "0" * 64, "alice")
+    subject = commit_message(prompt, prov).splitlines()[0]
+    assert subject == "buildstudio: Add subtract to calc.py"
+    assert commit_message("\n\n  Fix it  \n## Plan", prov).splitlines()[0] == "buildstudio: Fix it"
+    assert commit_message("", prov).splitlines()[0] == "buildstudio: Build Studio change from calc-build"
+
+
+def test_local_approval_needs_the_flag_or_a_yes_on_the_terminal() -> None:
+    flag = pl.local_approval("alice", approve_flag=True, answer=None)
+    assert isinstance(flag, Approval) and flag.approved_by == "alice"
+    typed = pl.local_approval("alice", approve_flag=False, answer=" Yes\n")
+    assert isinstance(typed, Approval) and typed.approved_by == "alice"
+    for answer in ("", "n", "no", "yes please"):
+        assert isinstance(pl.local_approval("alice", approve_flag=False, answer=answer), str)
+    no_tty = pl.local_approval("alice", approve_flag=False, answer=None)
+    assert isinstance(no_tty, str) and "--approve" in no_tty
+
+
+def test_a_refused_local_approval_ends_the_pipeline_without_a_ship() -> None:
+    p, kids = through_review(make())
+    step = decide(p, *kids)
+    assert step.status["phase"] == "AwaitingApproval" and not created(step)
+    end = pl.approval_refused(then(p, step), NOW, "approval declined on the terminal; nothing was pushed")
+    BuildPipelineStatus.model_validate(end.status)
+    assert end.finished and end.status["phase"] == "Failed" and end.status["reason"] == "ApprovalRefused"
+    assert cond(end, "Approved")["status"] == "False" and not created(end)
+
+
+def test_a_local_run_is_read_as_a_child() -> None:
+    from buildstudio.core.review import ReviewFacts, Verdict
+    from buildstudio.protocol import records
+
+    record = records.ResultRecord(
+        outcome=records.Outcome.COMPLETED,
+        message="review done",
+        summary=records.RunSummary(final_text="x" * 10_000 + "\nVERDICT: APPROVE"),
+    )
+    facts = ReviewFacts("calc-review", "calc-build", Verdict.APPROVE, "a" * 64)
+    child = pl.local_child("calc-review", UID, record, review=facts)
+    assert (child.phase, child.verdict, child.review_source) == ("Succeeded", "Approve", "calc-build")
+    assert len(child.final_text) > 10_000  # the whole answer, not a status's 4 KiB
+    failed = pl.local_child("calc-build", UID, records.ResultRecord(outcome=records.Outcome.TIMED_OUT, message="t"))
+    assert (failed.phase, failed.reason) == ("Failed", "TimedOut")
+    stopped = pl.local_child("calc-build", UID, records.ResultRecord(outcome=records.Outcome.CANCELLED, message="c"))
+    assert stopped.phase == "Cancelled" and stopped.finished
+
+
+# ---------------------------------------------------------------- Ready (for tools that know only Ready)
+
+
+def test_ready_follows_succeeded_for_tools_that_know_only_ready() -> None:
+    p = make()
+    first = decide(p)
+    assert cond(first, "Ready")["status"] == "Unknown" and cond(first, "Ready")["reason"] == "Building"
+    failed = decide(then(p, first), kid("calc-build", "Failed", reason="OOMKilled", message="killed"))
+    assert cond(failed, "Ready") | {"lastTransitionTime": ""} == cond(failed, "Succeeded") | {
+        "type": "Ready", "lastTransitionTime": ""}  # fmt: skip
+    shipped, kids = _shipping()
+    push = {"reason": "Pushed", "branch": "buildstudio/calc-build", "commit": "c" * 40}
+    done = decide(shipped, *kids, kid("calc-ship", push=push))
+    assert cond(done, "Ready")["status"] == "True" and cond(done, "Ready")["reason"] == "Shipped"
+
+
+@pytest.mark.parametrize("prompt", [" ", "\n\t ", "\u2028", "\u3000\u00a0"])
+def test_a_whitespace_only_pipeline_prompt_is_refused_by_the_model_and_the_crd(prompt: str) -> None:
+    body = {"prompt": prompt, "repo": {"url": "https://example.com/calc.git"}}
+    with pytest.raises(ValueError, match="only whitespace"):
+        BuildPipelineSpec.model_validate(body)
+    manifest = {"apiVersion": "buildstudio.dpf.dev/v1alpha1", "kind": "BuildPipeline",
+                "metadata": {"name": "blank"}, "spec": body}  # fmt: skip
+    assert any("only whitespace" in e for e in crdcheck.errors(manifest))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from buildstudio.core.runner_spec import output_limit, runner_spec
@@ -34,3 +36,18 @@ def test_build_and_chat_only_phases() -> None:
         assert chat.review == (review if phase == "review" else None)
     local = runner_spec(**common, context=8192, requested_output=8192, replay=True)
     assert (local.output_limit, local.replay, local.limits.step_budget) == (4096, True, 200)
+
+
+@pytest.mark.parametrize("engine", ["opencode", "claude", "codex", "grok"])
+def test_the_engine_reaches_the_spec(engine: str) -> None:
+    spec = runner_spec(prompt="p", model="m", base_url="https://api.example.com/v1", context=None,
+                       run_seconds=60, idle_seconds=30, engine=engine)  # fmt: skip
+    assert spec.engine == engine and spec.base_url == "https://api.example.com/v1"
+
+
+def test_the_default_engine_is_opencode_and_an_unknown_one_is_refused() -> None:
+    common: dict[str, Any] = {"prompt": "p", "model": "m", "base_url": "http://m/v1", "context": None,
+                              "run_seconds": 60, "idle_seconds": 30}  # fmt: skip
+    assert runner_spec(**common).engine == "opencode"
+    with pytest.raises(ValueError, match="no runner adapter"):
+        runner_spec(**common, engine="aider")

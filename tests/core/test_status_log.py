@@ -39,3 +39,31 @@ def test_a_text_phase_log_is_the_result_channel_itself() -> None:
     assert state == LiveState(
         lines=2, progress=whole.progress, result=whole.result, results=1, conflict="sha256 mismatch"
     )
+
+
+def test_ready_follows_succeeded_and_keeps_its_transition_time() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from buildstudio.core.conditions import find, set_condition, with_ready
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    queued = with_ready([], "Queued", now=t0, generation=1)
+    assert find(queued, "Ready") == {
+        "type": "Ready",
+        "status": "Unknown",
+        "reason": "Queued",
+        "message": "not finished yet: Queued",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+        "observedGeneration": 1,
+    }
+    running = with_ready(queued, "Running", now=t0 + timedelta(minutes=1), generation=1)
+    assert find(running, "Ready")["reason"] == "Running"  # type: ignore[index]
+    assert find(running, "Ready")["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # type: ignore[index]
+    t1 = t0 + timedelta(minutes=2)
+    failed = set_condition(running, "Succeeded", "False", "TimedOut", "ran 1800 s", now=t1, generation=1)
+    ready = find(with_ready(failed, "Failed", now=t1, generation=1), "Ready")
+    assert ready is not None and ready["status"] == "False"
+    assert (ready["reason"], ready["message"]) == ("TimedOut", "ran 1800 s")
+    assert ready["lastTransitionTime"] == "2026-01-01T00:02:00Z"
+    done = set_condition(running, "Succeeded", "True", "Completed", "1 file changed", now=t1, generation=1)
+    assert find(with_ready(done, "Succeeded", now=t1, generation=1), "Ready")["status"] == "True"  # type: ignore[index]

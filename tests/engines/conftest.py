@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "engines"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "engines: runs a real engine CLI (claude, codex, grok) installed by hack/install-engines.sh"
-    )
 
 
 def fixture_lines(engine: str, name: str) -> list[str]:

@@ -280,6 +280,23 @@ def test_outside_model_host_is_its_addresses_on_the_url_port() -> None:
     assert "did not resolve" in refusal("", "https://llm.example.com/v1", model_addresses=[])
 
 
+@pytest.mark.parametrize(
+    ("engine", "host"), [("claude", "api.anthropic.com"), ("codex", "api.openai.com"), ("grok", "api.x.ai")]
+)
+def test_a_cloud_engine_s_egress_is_its_vendor_host_on_443(engine: str, host: str) -> None:
+    """The vendor API is the cloud engine's model destination: looked up at launch, named alone."""
+    from buildstudio.api.engine import BuildEngineSpec
+    from buildstudio.core.sandbox_request import model_upstream
+
+    raw = {"engine": engine, "endpoint": "cloud", "version": "1", "command": [engine],
+           "credential": {"secretRef": {"name": "k", "key": "api-key"}, "env": "X"}}  # fmt: skip
+    upstream = model_upstream(BuildEngineSpec.model_validate(raw))
+    assert eg.lookups(GITHUB, upstream, ADMIN) == (eg.Endpoint("github.com", 443), eg.Endpoint(host, 443))
+    pol = policy(GITHUB, upstream, git=[PUBLIC], models=["203.0.113.30"])
+    assert rules(pol)[0] == {"to": [block("203.0.113.30/32")], "ports": tcp(443)}
+    assert f"host {host} did not resolve" in refusal("", upstream, model_addresses=[])
+
+
 def test_egress_policy_golden() -> None:
     admin = replace(ADMIN, model_peers=(OLLAMA,))
     pol = policy(GITHUB, MODEL_SVC, admin, git=[PUBLIC])
@@ -340,6 +357,29 @@ def test_admission_refuses_what_needs_no_lookup() -> None:
     # A text phase clones nothing: its repo URL opens nothing and refuses nothing.
     plan = replace(d, spec=spec.model_copy(update={"phase": "plan"}))
     assert admin_refusal(plan, gate, [], Settings()) is None
+
+
+def test_a_cloud_key_is_refused_over_plain_http_to_a_model_service() -> None:
+    """A cloud engine with a modelService (a proxy): its relay sends the vendor key there."""
+    from buildstudio.api.engine import BuildEngineSpec
+    from buildstudio.core.gate import EngineState
+
+    raw = {"engine": "claude", "endpoint": "cloud", "version": "1", "command": ["claude"],
+           "credential": {"secretRef": {"name": "k", "key": "api-key"}, "env": "ANTHROPIC_API_KEY"}}  # fmt: skip
+    spec = BuildDispatchSpec.model_validate({"prompt": "p", "repo": {"url": GITHUB}})
+    d = m.Dispatch(name="d", namespace="dev", uid="u", generation=1, created=T0, spec=spec)
+    gate = GateDecision(admit=True, reason="Admitted", message="ok", engine="claude", model="c")
+
+    def refused(service: dict[str, Any] | None, settings: Settings | None = None) -> tuple[str, str] | None:
+        engine = EngineState("claude", BuildEngineSpec.model_validate({**raw, "modelService": service}), True)
+        return admin_refusal(d, gate, [engine], settings or Settings())
+
+    got = refused({"baseURL": "http://proxy.models:8080/v1"})
+    assert got is not None and got[0] == "PlaintextCredential" and "proxy.models" in got[1]
+    assert refused({"baseURL": "https://proxy.models/v1"}) is None
+    assert refused(None) is None  # the vendor's own API is https
+    lax = replace(Settings(), sandbox=replace(Settings().sandbox, allow_plaintext_credentials=True))
+    assert refused({"baseURL": "http://proxy.models:8080/v1"}, lax) is None
 
 
 def test_a_launch_refused_takes_its_attempt_back() -> None:

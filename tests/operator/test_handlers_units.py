@@ -66,6 +66,19 @@ def test_queue_board_overlay_shrinks_once_the_index_catches_up() -> None:
     assert ("n", "r") not in board.overlay
 
 
+def test_queue_board_forget_keeps_the_slot_free_while_the_index_lags() -> None:
+    """A finished dispatch's daemon forgets it; the index, behind, still shows it running."""
+    board = QueueBoard(max_age=0)
+    running = Entry(key=("n", "r"), engine="e", model="m", created="0", state="running")
+    waiting = Entry(key=("n", "w"), engine="e", model="m", created="1", state="waiting")
+    board.put(replace(running, state="other"))  # its finished status went out
+    board.forget(running.key)
+    plan = board.plan([running, waiting], {"e": Limits(1, 1)})
+    assert plan.admit == frozenset({waiting.key})
+    board.plan([waiting], {"e": Limits(1, 1)})  # the index caught up
+    assert running.key not in board.overlay
+
+
 def kopf_matches(handler_id: str, body: dict[str, object]) -> bool:
     """Whether kopf itself (its registry's matching: filters, then callbacks) selects a handler of
     the operator for this dispatch body."""

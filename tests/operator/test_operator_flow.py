@@ -226,7 +226,8 @@ async def test_preflight_model_not_found(cluster: Cluster) -> None:
     assert cond(st, "ModelReady")["status"] == "False" and cond(st, "ModelReady")["reason"] == "ModelNotFound"
     assert cond(st, "Succeeded")["reason"] == "PreflightFailed"
     assert "no-such-model" in cond(st, "Succeeded")["message"]
-    failures = REGISTRY.get_sample_value("buildstudio_preflight_failures_total", {"reason": "ModelNotFound"})
+    labels = {"engine": st["engine"], "reason": "ModelNotFound"}  # the engine the gate resolved
+    failures = REGISTRY.get_sample_value("buildstudio_preflight_failures_total", labels)
     assert failures is not None and failures >= 1
 
 
@@ -319,6 +320,10 @@ async def test_queue_limit_one_with_three_dispatches(
 ) -> None:
     from tests.operator.conftest import start_cluster
 
+    def gauge() -> float:  # buildstudio_dispatches_running, as the operator's /metrics serves it
+        return REGISTRY.get_sample_value("buildstudio_dispatches_running", {"engine": "opencode"}) or 0.0
+
+    idle, most_gauge = gauge(), 0.0
     cluster = await start_cluster(k8s, kubelet, kopf_operator, model_server, max_running=1, per_model=1)
     for name in ("q1", "q2", "q3"):
         # Like the runner, the pod exits right after its result record (~1.2 s in).
@@ -335,6 +340,7 @@ async def test_queue_limit_one_with_three_dispatches(
         # The limit counts admitted, unfinished dispatches (a finished one's pod may take a moment to exit).
         running = [n for n, s in statuses.items() if s.get("phase") == "Running"]
         most_running = max(most_running, len(running))
+        most_gauge = max(most_gauge, gauge() - idle)
         for n in ("q2", "q3"):
             if statuses[n].get("queuePosition"):
                 positions[n].add(statuses[n]["queuePosition"])
@@ -344,6 +350,12 @@ async def test_queue_limit_one_with_three_dispatches(
     final = [await cluster.status(n) for n in ("q1", "q2", "q3")]
     assert [s.get("phase") for s in final] == ["Succeeded"] * 3
     assert most_running == 1
+    assert most_gauge == 1  # the gauge agrees with the statuses, and is back where it was once all finished
+    for _ in range(50):
+        if gauge() == idle:
+            break
+        await asyncio.sleep(0.05)
+    assert gauge() == idle
     assert 2 in positions["q3"] and 1 in positions["q2"]
     admitted = [s["admittedAt"] for s in final]
     assert admitted == sorted(admitted)

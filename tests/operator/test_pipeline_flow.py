@@ -9,6 +9,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from buildstudio.commands.scripted_server import ScriptedServer
 from buildstudio.core import pipeline as pl
 from tests.kube.client import BUILDDISPATCHES, EVENTS, PODS, SECRETS, Kube, wait_for
@@ -102,6 +104,7 @@ async def test_plan_build_review_approval_ship(
             assert done["phase"] == "Succeeded", (done, kubelet.log("calc-ship-1", container="push"))
             listed = await kubectl("get", "bp")
             print(listed.stdout)  # the closing note shows it
+            print(yaml.safe_dump({"status": done}, sort_keys=False))
 
     heads = git("-C", str(bare), "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads")
     branches = dict(line.split() for line in heads.splitlines())
@@ -116,6 +119,7 @@ async def test_plan_build_review_approval_ship(
     assert ship["spec"]["approval"] == approval and ship["spec"]["source"] == {"dispatch": "calc-build"}
     message = git("-C", str(bare), "log", "-1", "--format=%B", done["commit"])
     print(message)
+    assert message.splitlines()[0] == f"buildstudio: {TASK}"  # the task's line, not the plan the build also got
     for trailer in ("Build-Studio-Dispatch: calc-build", "Build-Studio-Review: calc-review",
                     "Build-Studio-Approved-By: alice@example.com"):  # fmt: skip
         assert trailer in message.splitlines(), message
@@ -165,3 +169,50 @@ async def test_cancel_mid_build_cascades_to_the_running_build(
     assert await k8s.find(PODS, "stop-build-1") is None
     assert await k8s.find(BUILDDISPATCHES, "stop-review") is None
     assert build["metadata"]["labels"][pl.LABEL_PIPELINE] == "stop"
+
+
+async def test_an_approval_from_outside_the_policy_waits_and_none_in_time_fails_the_pipeline(
+    k8s: Kube, kubelet: Kubelet, kopf_operator: Any
+) -> None:
+    review = "subtract is right.\n\nVERDICT: APPROVE"
+    async with ScriptedServer([{"text": review}], no_aux=True) as model:
+        await start_cluster(k8s, kubelet, kopf_operator, model)
+        kubelet.script("late-build-1", PodScript.canned([result_line(PATCH, base_commit="a" * 40)]))
+        kubelet.script("late-review-1", PodScript.run())
+        policy = {"approvers": ["bob@example.com"], "timeoutSeconds": 6}
+        await k8s.create(BUILDPIPELINES, pipeline_object("late", "https://example.com/calc.git", approvalPolicy=policy))
+        waiting = await wait_pipeline(k8s, "late", "AwaitingApproval", "Failed")
+        assert waiting["phase"] == "AwaitingApproval", waiting
+        await k8s.patch(BUILDPIPELINES, "late", {"spec": {"approval": {"approvedBy": "mallory@example.com"}}})
+
+        async def refused() -> dict[str, Any] | None:
+            st = await pipeline_status(k8s, "late")
+            return st if st.get("reason") in ("ApproverNotAllowed", "ApprovalTimeout") else None
+
+        seen = await wait_for(refused, 30, interval=0.2, message="pipeline late refusing mallory's approval")
+        failed = await wait_pipeline(k8s, "late", "Failed", "Succeeded", timeout=30)
+    assert seen["reason"] == "ApproverNotAllowed" and seen["phase"] == "AwaitingApproval", seen
+    assert "mallory@example.com is not in approvalPolicy.approvers" in seen["message"]
+    assert failed["phase"] == "Failed" and cond(failed, "Succeeded")["reason"] == "ApprovalTimeout", failed
+    assert cond(failed, "Approved")["status"] == "False" and "no approval within 6s" in failed["message"]
+    assert failed.get("approvedBy", "") == ""
+    assert await k8s.find(BUILDDISPATCHES, "late-ship") is None  # nothing shipped
+
+
+async def test_a_plan_longer_than_the_status_keeps_reaches_the_build_marked_as_cut(
+    k8s: Kube, kubelet: Kubelet, kopf_operator: Any
+) -> None:
+    """The plan dispatch's status.finalText keeps 4 KiB of the answer: the build is told so."""
+    plan = "".join(f"{i}. Do step {i} of the long plan.\n" for i in range(400))  # ≈ 12 KiB
+    async with ScriptedServer([{"text": plan}], no_aux=True) as model:
+        await start_cluster(k8s, kubelet, kopf_operator, model)
+        kubelet.script("long-plan-1", PodScript.run())
+        kubelet.script("long-build-1", PodScript.canned([result_line(PATCH, base_commit="a" * 40)]))
+        phases = {"plan": True, "review": False, "ship": False}
+        await k8s.create(BUILDPIPELINES, pipeline_object("long", "https://example.com/calc.git", phases=phases))
+        done = await wait_pipeline(k8s, "long", "Succeeded", "Failed")
+    assert done["phase"] == "Succeeded" and cond(done, "Succeeded")["reason"] == "Built", done
+    assert "(cut: the status keeps its first 4 KiB)" in cond(done, "Planned")["message"]
+    prompt = (await k8s.get(BUILDDISPATCHES, "long-build"))["spec"]["prompt"]
+    assert "0. Do step 0 of the long plan." in prompt and "399. Do step 399" not in prompt
+    assert "[plan cut: the plan dispatch's status keeps only the first 4096 bytes of its answer" in prompt

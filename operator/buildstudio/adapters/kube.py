@@ -43,6 +43,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
+from buildstudio.adapters.metrics import record_kube_error
 from buildstudio.api.common import API_GROUP, API_VERSION
 from buildstudio.protocol.lines import OVERLONG_MARKER, LineSplitter, aiter_lines
 from buildstudio.protocol.records import MAX_LINE_BYTES
@@ -102,6 +103,7 @@ KINDS: dict[str, Kind] = {
     "NetworkPolicy": Kind("networking", "network_policy", True, "networking.k8s.io", "v1", "networkpolicies"),
     "BuildDispatch": Kind("custom", "builddispatches", True, API_GROUP, API_VERSION, "builddispatches"),
     "BuildEngine": Kind("custom", "buildengines", False, API_GROUP, API_VERSION, "buildengines"),
+    "BuildPipeline": Kind("custom", "buildpipelines", True, API_GROUP, API_VERSION, "buildpipelines"),
 }
 
 
@@ -352,11 +354,16 @@ class Kube:
         params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
         if verb == "patch":
             params["_content_type"] = MERGE_PATCH
-        resp: aiohttp.ClientResponse = await method(
-            *args, _preload_content=False, _request_timeout=bounds or self._timeout(), **params
-        )
+        try:
+            resp: aiohttp.ClientResponse = await method(
+                *args, _preload_content=False, _request_timeout=bounds or self._timeout(), **params
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            record_kube_error(verb, kind.plural, "timeout" if isinstance(exc, TimeoutError) else "connection")
+            raise
         if 200 <= resp.status <= 299:
             return resp
+        record_kube_error(verb, kind.plural, resp.status)
         async with resp:
             text = (await resp.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
         error = KubeError(resp.status, str(resp.reason), text)

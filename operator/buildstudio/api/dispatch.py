@@ -35,7 +35,7 @@ LOCAL_PATHS_KEY = "localPaths"
 LOCAL_PATHS: dict[str, bool] = {LOCAL_PATHS_KEY: True}
 
 
-def _input_rules(rules: tuple[inputs.Rule, ...]) -> dict[str, Any]:
+def input_rules(rules: tuple[inputs.Rule, ...]) -> dict[str, Any]:
     """The checks of ``core.inputs`` as CEL rules on a string field: the apiserver refuses what they refuse."""
     return {"x-kubernetes-validations": [cel(r.cel(), r.message) for r in rules]}
 
@@ -48,14 +48,14 @@ class Repo(ApiModel):
         "(no file:// or other transports; local paths only with `buildstudio run --local`).",
         min_length=1,
         max_length=2048,
-        json_schema_extra=_input_rules(inputs.URL_RULES),
+        json_schema_extra=input_rules(inputs.URL_RULES),
     )
     ref: str = Field(
         "main",
         description="Branch, tag or commit to start from: a git ref name (git check-ref-format) or a commit sha.",
         min_length=1,
         max_length=255,
-        json_schema_extra=_input_rules(inputs.REF_RULES),
+        json_schema_extra=input_rules(inputs.REF_RULES),
     )
     credentials_secret: SecretKeyRef | None = Field(
         None, description="Secret with a token or SSH key for a private repository."
@@ -181,7 +181,10 @@ class BuildDispatchSpec(ApiModel):
     """One task: a prompt for an engine and model, on a repository."""
 
     prompt: str = Field(
-        description="The task, given to the engine verbatim (never through a shell).", min_length=1, max_length=262_144
+        description="The task, given to the engine verbatim (never through a shell); not empty or only whitespace.",
+        min_length=1,
+        max_length=262_144,
+        json_schema_extra=input_rules(inputs.PROMPT_RULES),
     )
     repo: Repo | None = Field(
         None, description="Repository to work in (required for build; review and ship work on spec.source)."
@@ -222,6 +225,11 @@ class BuildDispatchSpec(ApiModel):
         description="ship: the branch to push. The remote is the source's repo; spec.repo (same URL) may "
         "name another credentialsSecret for the push.",
     )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, prompt: str) -> str:
+        return inputs.valid_prompt(prompt)
 
 
 DISPATCH_RULES = [
@@ -317,6 +325,9 @@ class Summary(RunCounters):
     repaired_tool_calls: int = Field(
         0, description="Text-format tool calls the repair relay turned into API tool calls.", ge=0
     )
+    unrepaired_tool_calls: int = Field(
+        0, description="Call-like text the repair relay could not turn into a tool call (never executed).", ge=0
+    )
     duration_seconds: int = Field(0, description="Wall time of the run.", ge=0)
     reported_by: str = Field(
         "",
@@ -376,7 +387,9 @@ class BuildDispatchStatus(ApiModel):
     reason: str = Field("", description="Reason of the latest significant transition.", max_length=64)
     message: str = Field("", description="Message of the latest significant transition.", max_length=1024)
     conditions: list[Condition] = conditions_field(
-        "ModelReady, Admitted, Running and Succeeded (terminal: kubectl wait --for=condition=Succeeded)."
+        "ModelReady, Admitted, Running and Succeeded (terminal: kubectl wait --for=condition=Succeeded), and "
+        "Ready for tools that know only Ready, derived from Succeeded: Unknown until the dispatch finished "
+        "(reason: its phase), then True if it succeeded, else False with Succeeded's reason and message."
     )
     engine: str = Field("", description="Engine the dispatch runs on (resolved when auto-detected).", max_length=253)
     model: str = Field("", description="Model the dispatch runs on (resolved when defaulted).", max_length=256)

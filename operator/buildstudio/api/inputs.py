@@ -1,4 +1,4 @@
-"""Repository input is data, never options: pure checks of a git ref and a clone URL.
+"""Input is data, never options: pure checks of a prompt, a git ref and a clone URL.
 
 Each check is a list of ``Rule``s (RE2-compatible regular expressions, search semantics). The
 same rules are the CRD's CEL ``x-kubernetes-validations`` (``api/dispatch.py``), the API
@@ -42,16 +42,48 @@ class Rule:
 
 
 def _cel_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A CEL string literal of ``text``; characters beyond ASCII as CEL's \\uXXXX escapes, so the CRD's
+    YAML holds none (YAML parsers read U+0085, U+2028 and U+2029 as line breaks)."""
+    quoted = text.replace("\\", "\\\\").replace("'", "\\'")
+    return "'" + "".join(_cel_char(ch) for ch in quoted) + "'"
+
+
+def _cel_char(ch: str) -> str:
+    if " " <= ch <= "~":
+        return ch
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
 
 
 def _first_broken(rules: tuple[Rule, ...], value: str) -> str | None:
     return next((r.message for r in rules if r.broken_by(value)), None)
 
 
-# ---------------------------------------------------------------------------------- refs
+# ---------------------------------------------------------------------------------- prompts
 
-HEX_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+# What Python's str.isspace() calls whitespace (what `buildstudio run` strips), spelled so that RE2
+# reads it alike: ASCII ranges as escapes, the other Unicode spaces as literal characters (RE2 has no
+# \u escape, Python's re no \x{...}); \s differs between the two, so it is not used.
+_SPACE = r"\t-\r\x1c-\x20" + "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+PROMPT_RULES: tuple[Rule, ...] = (
+    Rule("a prompt must not be empty or only whitespace: the task is its text", require=f"[^{_SPACE}]"),
+)
+
+
+def check_prompt(prompt: str) -> str | None:
+    """Why ``prompt`` is no task (empty or whitespace only); None when it has text."""
+    return _first_broken(PROMPT_RULES, prompt)
+
+
+def valid_prompt(prompt: str) -> str:
+    """``prompt`` when it is a task; ValueError (the models' validator message) when it is not."""
+    problem = check_prompt(prompt)
+    if problem:
+        raise ValueError(problem)
+    return prompt
+
+
+# ---------------------------------------------------------------------------------- refs
 
 # `git check-ref-format` (one-level names allowed), plus: no leading '-'. A hex commit sha is a
 # valid name by these rules too.

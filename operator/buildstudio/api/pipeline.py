@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from buildstudio.api import inputs
 from buildstudio.api.common import ApiModel, Condition, ObjectMeta, cel, conditions_field
 from buildstudio.api.dispatch import (
     Approval,
@@ -20,6 +21,7 @@ from buildstudio.api.dispatch import (
     Sandbox,
     ShipOptions,
     Timeouts,
+    input_rules,
 )
 
 PipelinePhase = Literal[
@@ -41,7 +43,11 @@ class PipelineModels(ApiModel):
 class PipelinePhases(ApiModel):
     """Which steps run. Build always runs; ship needs review (a diff is never shipped unreviewed)."""
 
-    plan: bool = Field(False, description="Run a plan step first; its text goes into the build's prompt.")
+    plan: bool = Field(
+        False,
+        description="Run a plan step first; its text goes into the build's prompt, marked. That text is the plan "
+        "dispatch's status.finalText: the first 4 KiB of the plan (a longer plan is marked as cut there).",
+    )
     review: bool = Field(True, description="Review the build's diff (needed by ship and by revisions).")
     ship: bool = Field(
         True,
@@ -74,9 +80,11 @@ class BuildPipelineSpec(ApiModel):
     """A task for the governed pipeline: plan (optional) → build → review → approval → ship."""
 
     prompt: str = Field(
-        description="The task, given to the build verbatim (with the plan, when one runs, in a marked section).",
+        description="The task, given to the build verbatim (with the plan, when one runs, in a marked section); "
+        "not empty or only whitespace.",
         min_length=1,
         max_length=PROMPT_MAX,
+        json_schema_extra=input_rules(inputs.PROMPT_RULES),
     )
     repo: Repo = Field(description="Repository the build works in and the ship pushes to.")
     engine: str | None = Field(
@@ -112,6 +120,11 @@ class BuildPipelineSpec(ApiModel):
     cancel: bool = Field(
         False, description="Set to true to stop the pipeline and cancel its running step. Cannot be undone."
     )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, prompt: str) -> str:
+        return inputs.valid_prompt(prompt)
 
 
 PIPELINE_RULES = [

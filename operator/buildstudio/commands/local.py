@@ -10,6 +10,11 @@ served on loopback by the project's scripted server (opencode, its tools and the
 only the model's words are canned, and every output says so); else the first local service that
 answers on its default port (DMR, Ollama, llama.cpp, vLLM, LM Studio).
 
+Engine: opencode by default; ``--engine claude|codex|grok`` runs that CLI (from $CLAUDE_BIN …,
+.tools/engines/bin/ or PATH) through the same runner, behind a credential relay: on a replay (the
+scripted server speaks its API), on ``--base-url`` (a model service, same preflight and gate), or
+on its vendor's API with the key from the variable the registry names (``local_engine``).
+
 With no repository given, a tiny sample repository is created in a temp directory. Each run's
 temp directory is removed at the end (--keep keeps it and says where). Every input is validated
 before any work, through the CRD's models; errors are one line (see the exit codes below).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -38,6 +44,7 @@ from buildstudio.api.dispatch import TEXT_PHASES
 from buildstudio.commands import localbase
 from buildstudio.commands.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, CliError
 from buildstudio.commands.local_display import Display, full_patch, gate_line, note, print_result, workspace_label
+from buildstudio.commands.local_engine import CloudCli, ReplayServer, ScriptFor, cloud_cli, engines_for_gate, vendor_key
 from buildstudio.commands.local_sandbox import run_roles
 from buildstudio.commands.local_services import detect_service, no_service_message, replay_server
 from buildstudio.commands.local_spec import (
@@ -55,7 +62,7 @@ from buildstudio.core import runner_spec
 from buildstudio.core.gate import GateDecision
 from buildstudio.protocol import records
 from buildstudio.protocol.spec import RepoSource
-from buildstudio.sandbox.runner.launch import find_opencode
+from buildstudio.sandbox.runner.launch import find_engine, find_opencode
 
 DEFAULT_OUTPUT = 8192  # --output-limit: tokens per model reply, at most half the context (core.runner_spec)
 
@@ -68,18 +75,33 @@ class ModelService:
     label: str  # what the record says of it
     context: int  # tokens, measured by the preflight or declared
     replay: bool  # recorded replies (--model-server replay:FILE)
+    # A cloud CLI's replay: the script in its own tools, once the workspace path is known.
+    script_for: ScriptFor | None = None
+    api_key: str | None = None  # the vendor key, for the relay only (never the engine)
 
 
-def local_gate(fields: dict[str, str], *, opencode_present: bool) -> GateDecision:
+def local_gate(
+    fields: dict[str, str],
+    *,
+    opencode_present: bool,
+    present: dict[str, bool] | None = None,
+    local_service: str | None = None,
+) -> GateDecision:
     """The operator's capability gate over the registry, with what this machine has: the local
-    engine is present when its binary was found; cloud engines are never run by ``--local``."""
+    engine is present when opencode was found, a cloud engine when ``present`` says so (its CLI
+    found, and its key where the vendor needs one). ``local_service``: the base URL the engine named
+    in ``fields`` runs on, judged as a local engine there (a cloud CLI on a model service)."""
     from buildstudio.adapters import registry
     from buildstudio.api.dispatch import BuildDispatchSpec
     from buildstudio.core.gate import EngineState, decide
 
+    rows = [(e.name, e.spec) for e in registry.load()]
+    on_service = (fields["engine"], local_service) if local_service and fields.get("engine") else None
     engines = [
-        EngineState(e.name, e.spec, present=e.spec.endpoint == "local" and opencode_present)
-        for e in registry.load()
+        EngineState(name, spec, present=ok)
+        for name, spec, ok in engines_for_gate(
+            rows, opencode_present=opencode_present, present=present or {}, local_service=on_service
+        )
     ]
     spec = BuildDispatchSpec.model_validate(
         {k: fields[k] for k in ("prompt", "model", "engine", "phase") if fields.get(k)}
@@ -143,6 +165,10 @@ async def _run(args: argparse.Namespace) -> int:
     if args.model_server:
         replay, replay_name = replay_server(args.model_server)
     spec = local_spec(manifest["spec"] if manifest else None, _flags(args))
+    cloud = cloud_cli(spec.get("engine"))
+    if cloud is not None and "model" not in spec and not args.base_url and cloud.default_model:
+        # The engine's own model id (codex chooses its tools by it), not the replay's.
+        spec["model"] = cloud.default_model
     if replay is not None:
         spec.setdefault("model", replay.model)
         phase = replay_phase(replay.metadata, spec.get("phase"), replay_name)
@@ -177,14 +203,31 @@ async def _run(args: argparse.Namespace) -> int:
     args.idle_timeout = int(timeouts.get("idleSeconds", DEFAULT_IDLE_SECONDS))
     args.step_budget = int(spec.get("stepBudget") or DEFAULT_STEP_BUDGET)
     opencode_bin = find_opencode(args.opencode_bin) or ""
-    if not opencode_bin and not text_phase:
+    if text_phase:
+        cloud = None  # one chat completion on the model service: no engine runs (the gate judges the rest)
+    engine_bin = (find_engine(cloud.adapter.binary) or "") if cloud is not None else ""
+    if cloud is not None and not engine_bin:
+        name = cloud.adapter.binary
+        raise CliError(f"{name} not found", f"no binary in ${name.upper()}_BIN, .tools/engines/bin/ or PATH",
+                       f"run hack/install-engines.sh {name}, or set {name.upper()}_BIN")  # fmt: skip
+    if cloud is None and not opencode_bin and not text_phase:
         raise CliError("opencode not found", "no binary in --opencode-bin, $OPENCODE_BIN, .tools/ or PATH",
                        "run `make setup`, or npm install opencode-ai@<pin>, or set OPENCODE_BIN")  # fmt: skip
     if not text_phase:
         await asyncio.to_thread(_check_workspace, args, fields)
 
-    server: ScriptedServer | None = None
-    if replay is not None:
+    server: ScriptedServer | ReplayServer | None = None
+    script_for: ScriptFor | None = None
+    api_key: str | None = None
+    vendor = cloud is not None and replay is None and not args.base_url
+    if replay is not None and cloud is not None:
+        # The scripted server speaks the engine's API; the replay's tool calls become its tools.
+        server = await ReplayServer(cloud.kind, replay).start()
+        script_for = server.set_workspace
+        base_url = server.base_url
+        service = f"replay:{replay_name} on {server.base_url} as the {cloud.kind} API (canned model replies)"
+        print(f"REPLAY MODEL: the model's words are canned ({replay.name}: {replay.description})", file=sys.stderr)
+    elif replay is not None:
         # A text phase sends no tools: every request must consume the script (no_aux).
         server = await ScriptedServer(replay.script, model=replay.model, no_aux=text_phase).start()
         base_url = server.base_url
@@ -192,6 +235,10 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"REPLAY MODEL: the model's words are canned ({replay.name}: {replay.description})", file=sys.stderr)
     elif args.base_url:
         base_url, service = args.base_url, args.base_url
+    elif cloud is not None:
+        api_key = vendor_key(cloud, os.environ)
+        base_url = cloud.adapter.vendor_base_url
+        service = f"{cloud.kind} vendor API {base_url} (key from ${cloud.key_env}, held by the relay)"
     else:
         found, tried, ids = await detect_service()
         if found is None:
@@ -204,26 +251,32 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         if "model" not in fields:
             raise CliError("no model", "none given and the service lists none", "pass --model or spec.model")
-        decision = local_gate(fields, opencode_present=bool(opencode_bin))
+        present = {cloud.name: True} if cloud is not None else {}
+        on_service = base_url if cloud is not None and replay is None and not vendor else None
+        decision = local_gate(fields, opencode_present=bool(opencode_bin), present=present, local_service=on_service)
         relay = decision.tool_call_repair if args.relay == "auto" else args.relay == "on"
         print(gate_line(decision, relay=relay, text_phase=text_phase), file=sys.stderr)
         if not decision.admit:
             return EXIT_REFUSED
         context = args.context
-        if replay is None:
-            context, ok = await _preflight(base_url, fields["model"], args.context)
+        if vendor:
+            context = context or runner_spec.DEFAULT_CONTEXT  # the vendor's API: no preflight (as on a cluster)
+        elif replay is None:
+            context, ok = await preflight(base_url, fields["model"], args.context)
             if not ok:
                 return EXIT_REFUSED
-        model_service = ModelService(base_url, service, context, replay is not None)
+        model_service = ModelService(base_url, service, context, replay is not None, script_for, api_key)
         if text_phase:
             return await _text_phase(args, fields, model_service)
-        return await _dispatch(args, fields, model_service, opencode_bin=opencode_bin, relay=relay)
+        return await _dispatch(
+            args, fields, model_service, opencode_bin=opencode_bin, relay=relay, cloud=cloud, engine_bin=engine_bin
+        )
     finally:
         if server is not None:
             await server.stop()
 
 
-async def _preflight(base_url: str, model: str, declared: int | None) -> tuple[int, bool]:
+async def preflight(base_url: str, model: str, declared: int | None) -> tuple[int, bool]:
     """The same preflight as the operator's; returns (context for the config, admitted)."""
     from buildstudio.adapters.modelservice.probe import probe
     from buildstudio.core.observation import ProbeTarget
@@ -238,7 +291,14 @@ async def _preflight(base_url: str, model: str, declared: int | None) -> tuple[i
 
 
 async def _dispatch(
-    args: argparse.Namespace, fields: dict[str, str], service: ModelService, *, opencode_bin: str, relay: bool
+    args: argparse.Namespace,
+    fields: dict[str, str],
+    service: ModelService,
+    *,
+    opencode_bin: str,
+    relay: bool,
+    cloud: CloudCli | None = None,
+    engine_bin: str = "",
 ) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="buildstudio-local-"))
     keep = bool(args.keep)
@@ -266,15 +326,20 @@ async def _dispatch(
             relay=relay,
             replay=service.replay,
             requested_output=args.output_limit,  # the local rule: --output-limit, at most half the context
+            engine=cloud.kind if cloud is not None else "opencode",
         )
+        if service.script_for is not None:
+            service.script_for(str(workspace))
         display = Display(sys.stderr)
         result = await run_roles(spec, workdir=workdir, workspace=workspace, opencode_bin=opencode_bin,
-                                 display=display, snapshot=bool(args.workspace and args.allow_dirty))  # fmt: skip
+                                 display=display, snapshot=bool(args.workspace and args.allow_dirty),
+                                 engine_bin=engine_bin, api_key=service.api_key)  # fmt: skip
         for scratch in ("home", "base", "report", "snapshot"):
             shutil.rmtree(workdir / scratch, ignore_errors=True)
         # A patch over the record's cap is only in the workspace: keep it, and say so.
         keep = keep or (result.patch.truncated and not args.workspace)
         meta = {
+            **({"engine": cloud.kind} if cloud is not None else {}),
             "model": fields["model"],
             "modelService": service.label,
             "repo": repo_label,

@@ -109,9 +109,24 @@ def record_view(result: records.ResultRecord, meta: dict[str, Any]) -> dict[str,
     return view
 
 
+def tool_calls_text(summary: records.RunSummary) -> str:
+    """``3 (1 error): read x2, edit x1``; ``0`` when the model called no tool."""
+    errors = f" ({plural(summary.tool_errors, 'error')})" if summary.tool_errors else ""
+    names = ", ".join(f"{k} x{v}" for k, v in summary.tools_by_name.items())
+    return f"{summary.tool_calls}{errors}" + (f": {names}" if names else "")
+
+
+def files_text(stat: records.DiffStat) -> str:
+    """``1 file changed, +3 -0``, with binary files when there are."""
+    binary = f", {stat.binary_files} binary" if stat.binary_files else ""
+    return f"{plural(stat.files, 'file')} changed, +{stat.additions} -{stat.deletions}{binary}"
+
+
 def record_table(result: records.ResultRecord, meta: dict[str, Any]) -> str:
-    s, d = result.summary, result.diff_stat
-    build = "phase" not in meta  # text phases (ideate, plan) have no tools, no repository, no diff
+    """The record as label/value rows. A text phase (ideate, plan) shows only what applies to it: no
+    steps, tools, files or diff, and no answer excerpt (the whole answer follows the table)."""
+    s = result.summary
+    build = "phase" not in meta
     rows = [
         ("OUTCOME", f"{result.outcome.value} ({'succeeded' if result.outcome.succeeded else 'failed'})"),
         ("MESSAGE", result.message),
@@ -120,35 +135,18 @@ def record_table(result: records.ResultRecord, meta: dict[str, Any]) -> str:
         *([("PHASE", meta["phase"])] if "phase" in meta else []),
         *([("REPO", meta["repo"]), ("WORKSPACE", meta["workspace"])] if "repo" in meta else []),
         *([("BASE COMMIT", result.base_commit[:12] + meta.get("baseNote", ""))] if result.base_commit else []),
-        *([("STEPS", str(s.steps))] if build else []),
-        *(
-            [(
-                "TOOL CALLS",
-                f"{s.tool_calls} ({plural(s.tool_errors, 'error')})  "
-                + ", ".join(f"{k} x{v}" for k, v in s.tools_by_name.items()),
-            )]
-            if build
-            else []
-        ),
+        *([("STEPS", str(s.steps)), ("TOOL CALLS", tool_calls_text(s))] if build else []),
         ("TOKENS", f"{s.tokens.total} (in {s.tokens.input}, out {s.tokens.output})"),
-        *(
-            [(
-                "FILES",
-                f"{d.files} changed, +{d.additions} -{d.deletions}"
-                + (f", {d.binary_files} binary" if d.binary_files else ""),
-            )]
-            if build
-            else []
-        ),
+        *([("FILES", files_text(result.diff_stat))] if build else []),
         ("DURATION", f"{result.duration_seconds:.1f}s"),
     ]
     if result.replay:
         real = "; tools and diff are real" if build else ""
         rows.insert(3, ("REPLAY", f"yes: the model's words were canned (recorded replies){real}"))
-    if s.final_text:
+    if s.final_text and build:
         rows.append(("FINAL ANSWER", " ".join(s.final_text.split())[:300]))
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows)
 
 
 def print_result(output: str, result: records.ResultRecord, meta: dict[str, Any], *, tail: str, empty: str) -> bool:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from buildstudio.api.dispatch import IMMUTABLE_FIELDS, SOURCE_PHASES, BuildDispatchSpec
 from buildstudio.core.conditions import parse_time
-from buildstudio.core.machine import Dispatch, Stage
+from buildstudio.core.dispatch import Dispatch, Stage
 
 PLACEHOLDER_SPEC = BuildDispatchSpec(prompt="-")  # stands in for a spec the models refuse
 

@@ -18,6 +18,8 @@ MODEL_READY = "ModelReady"
 ADMITTED = "Admitted"
 RUNNING = "Running"
 SUCCEEDED = "Succeeded"
+# Derived from Succeeded for tools that only know Ready (kubectl wait, kstatus, dashboards): see ``with_ready``.
+READY = "Ready"
 # Engine conditions.
 PRESENT = "Present"
 MODEL_SERVICE_READY = "ModelServiceReady"
@@ -106,6 +108,25 @@ def derive_phase(conditions: Sequence[Mapping[str, Any]] | None) -> str:
     if is_status(conditions, ADMITTED, "Unknown"):
         return "Queued"
     return "Pending"
+
+
+def with_ready(
+    conditions: Sequence[Mapping[str, Any]] | None, working: str, *, now: datetime, generation: int | None
+) -> list[Condition]:
+    """``conditions`` with ``Ready`` derived from ``Succeeded`` (Knative's convention for a run to completion).
+
+    Ready=True once the object finished successfully (its result is there), False with Succeeded's
+    reason and message once it ended otherwise (failed, refused, cancelled: it will never be ready),
+    Unknown while it is still on its way, with ``working`` (the phase, e.g. Queued) as the reason.
+    So ``kubectl wait --for=condition=Ready`` returns on success, and a failure shows its reason.
+    Never decided on its own: it always follows Succeeded."""
+    done = find(conditions, SUCCEEDED)
+    if done is not None and done.get("status") in ("True", "False"):
+        status: Status = "True" if done.get("status") == "True" else "False"
+        reason, message = str(done.get("reason") or SUCCEEDED), str(done.get("message") or "")
+    else:
+        status, reason, message = "Unknown", working or "Pending", f"not finished yet: {working or 'Pending'}"
+    return set_condition(conditions, READY, status, reason, message, now=now, generation=generation)
 
 
 def is_finished(status: Mapping[str, Any] | None) -> bool:

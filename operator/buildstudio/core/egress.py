@@ -118,12 +118,6 @@ def git_remote(repo_url: str) -> Endpoint | None:
     return Endpoint(host, port or DEFAULT_PORTS[parts.scheme])
 
 
-def git_port(repo_url: str) -> int:
-    """The git remote's port: explicit, else by scheme (https 443, ssh 22, git 9418, http 80)."""
-    remote = git_remote(repo_url)
-    return remote.port if remote is not None else 0
-
-
 def model_endpoint(base_url: str) -> Endpoint | None:
     """The model service's host and port; None without a URL. Raises ``Refused`` when unreadable."""
     if not base_url:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from buildstudio.api.common import API_GROUP
-from buildstudio.core.machine import stage_of
+from buildstudio.core.dispatch import stage_of
 
 FINALIZER = f"{API_GROUP}/finalizer"
 

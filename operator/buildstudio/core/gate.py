@@ -5,6 +5,13 @@ drives local models through its own tool loop (capability `localModels`: opencod
 present — that is what makes a model whose API `supportsToolUse` is false still build.
 A cloud engine is admitted only when its credential Secret is referenced (and, for
 `present`, exists).
+
+A cloud engine's CLI (claude, codex, grok) registered as a *local* engine (``endpoint: local``,
+a ``modelService``) runs on that service under the same rule: without `localModels` it has no
+tool loop of its own for a model without API tool use, so it is admitted when the model is
+declared with ``supportsToolUse: true``, or — grok only, which speaks chat completions — with the
+relay's tool-call repair; otherwise refused (docs/engines/README.md). An engine whose kind the
+runner cannot start is refused (`EngineUnsupported`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from buildstudio.api.dispatch import SOURCE_PHASES, TEXT_PHASES, BuildDispatchSpec
 from buildstudio.api.engine import LOCAL_MODELS, BuildEngineSpec, ModelEntry
+from buildstudio.engines.adapters import ENGINES, adapter_for
 
 
 @dataclass(frozen=True)
@@ -128,13 +136,26 @@ def decide(
                           f"{spec.phase} generates text with a local model; engine {engine.name} has no model service")
         return admit(f"{spec.phase}: text generation with {model} on {engine.name}'s model service", text_only=True)
 
+    if engine.spec.engine not in ENGINES:
+        return refuse("EngineUnsupported", f"engine {engine.name} is of kind {engine.spec.engine!r}, which the "
+                      f"sandbox runner cannot start (known: {', '.join(ENGINES)})")
     if engine.local:
         if LOCAL_MODELS not in engine.spec.capabilities:
             entry = engine.model(model)
             tool_use = "unknown" if entry is None else str(entry.supports_tool_use).lower()
+            cli = adapter_for(engine.spec.engine)
+            if cli is not None and not engine.present:
+                return refuse("EngineNotPresent", f"engine {engine.name} ({cli.name}) is not present")
+            if cli is not None and entry is not None and entry.supports_tool_use:
+                return admit(f"{cli.name} on the local model service with {model} (API tool calls)")
+            if cli is not None and cli.wire_api == "chat":
+                return admit(f"{cli.name} on the local model service with {model} through the tool-call "
+                             f"repair relay (supportsToolUse: {tool_use})", repair=True)
             return refuse("LocalModelsUnsupported",
                           f"engine {engine.name} lacks the localModels capability; local model {model} "
-                          f"(supportsToolUse: {tool_use}) needs an engine that drives its own tool loop")
+                          f"(supportsToolUse: {tool_use}) needs an engine that drives its own tool loop"
+                          + (f" ({cli.name} speaks the {cli.wire_api} API, which the relay does not repair)"
+                             if cli is not None else ""))
         if not engine.present:
             return refuse("EngineNotPresent",
                           f"local model {model} needs engine {engine.name} (localModels), which is not present")

@@ -57,9 +57,6 @@ class SecretKey:
     key: str
 
 
-MODEL_API_KEY_ENV = "BUILDSTUDIO_MODEL_API_KEY"  # opencode reads it through "{env:…}" in its config
-
-
 @dataclass(frozen=True)
 class EngineRuntime:
     """What the sandbox needs to know about the resolved engine."""
@@ -235,8 +232,9 @@ def sandbox_pod(
     relay_key = req.engine.credential if cloud is not None and req.engine.credential else req.model_api_key
     relay_args = ["-m", "buildstudio.sandbox.relay", "--upstream", upstream, "--url-file", RELAY_URL_FILE]
     relay_args += ["--counters-file", RELAY_COUNTERS_FILE]
-    if cloud is not None:
-        relay_args += ["--engine", cloud.name]
+    cli = adapter_for(req.engine.engine)  # its wire protocol, on the vendor's API or a model service
+    if cli is not None:
+        relay_args += ["--engine", cli.name]
     relay_mounts = [_mount("relay-run", RELAY_MOUNT), _mount("relay-tmp", "/tmp")]
     if relay_key is not None:
         volumes.append(_secret_volume("model-credential", relay_key, "key"))
@@ -450,6 +448,7 @@ def sandbox_files(
     relay: bool,
     api_key_env: str | None = None,
     review: ReviewInput | None = None,
+    engine: str = "opencode",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``runner.json`` (the runner's ``RunnerSpec``) and ``opencode.json`` for one attempt.
 
@@ -469,6 +468,7 @@ def sandbox_files(
         relay=relay,
         api_key_env=api_key_env,
         review=review,
+        engine=engine,
     )
     config = build_config(
         base_url=base_url,

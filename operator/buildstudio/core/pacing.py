@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from buildstudio.core.machine import PodView
+from buildstudio.core.pod import PodView
 
 # Status keys a live-progress write may carry; a patch of only these is throttled.
 PROGRESS_KEYS = frozenset({"progress", "recentEvents", "message", "reason", "observedGeneration", "phase"})
@@ -23,6 +23,14 @@ TTL_WAIT_SECONDS = 300.0  # a finished dispatch's daemon re-checks its TTL at le
 def wakes_daemon(lines: int) -> bool:
     """Whether the log line numbered ``lines`` wakes the daemon (the first, then every 20th)."""
     return lines % WAKE_EVERY_LINES == 1
+
+
+def carry_wake(delay: float, *, throttled: bool, since_last_write: float, interval: float) -> float:
+    """The pause, shortened when a progress write was held back by the throttle: the daemon looks
+    again as soon as the interval allows that write, so nothing waits for an unrelated wake."""
+    if not throttled:
+        return delay
+    return min(delay, max(interval - since_last_write, 0.05))
 
 
 def pod_look_stands(pod: PodView | None, *, streaming: bool, since_read: float, cancel: bool) -> bool:

@@ -27,7 +27,11 @@ from buildstudio.api.pipeline import BuildPipelineSpec, Stage
 from buildstudio.core import conditions as c
 from buildstudio.core import names
 from buildstudio.core.prompts import fence_for
+from buildstudio.core.review import ReviewFacts
+from buildstudio.core.settings import Settings
 from buildstudio.core.status import clip_bytes
+from buildstudio.core.step import Emit as Emit  # re-exported: the same Event action as a dispatch's
+from buildstudio.protocol.records import Outcome, ResultRecord
 
 LABEL_PIPELINE = f"{API_GROUP}/pipeline"
 LABEL_STAGE = f"{API_GROUP}/pipeline-stage"
@@ -45,8 +49,11 @@ FAILED_REASON: dict[Stage, str] = {
 FINISHED_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 # What the build's prompt may carry besides the task (the task itself is ≤ 128 KiB, a dispatch's
-# prompt ≤ 256 KiB). A plan in a dispatch's status is already ≤ 4 KiB (finalText).
+# prompt ≤ 256 KiB). In the cluster the plan is the plan dispatch's status.finalText, which keeps
+# only the answer's first STATUS_TEXT_BYTES (nothing stores the whole answer); a plan that filled
+# them is marked as cut in the build's prompt. Locally the whole answer is at hand: ≤ PLAN_BYTES.
 PLAN_BYTES = 16 * 1024
+STATUS_TEXT_BYTES = Settings().final_text_bytes
 REVIEW_TEXT_BYTES = 8 * 1024
 EARLIER_DIFF_BYTES = 16 * 1024
 # Re-look bounds: children's and the pipeline's own watch events wake the handler sooner.
@@ -80,6 +87,7 @@ class Child:
     message: str = ""
     cancel: bool = False
     final_text: str = ""
+    final_text_cut: bool = False  # final_text filled the status's cap: the answer went on
     verdict: str = ""  # status.review.verdict, only when the review names the expected source
     review_source: str = ""
     diff_stat: Mapping[str, int] = field(default_factory=dict)
@@ -98,6 +106,7 @@ class Child:
         review = status.get("review") or {}
         stat = status.get("diffStat") or {}
         push = status.get("push") or {}
+        text = str(status.get("finalText") or "")
         return cls(
             name=str(meta.get("name") or ""),
             owner_uid=str(owner.get("uid") or ""),
@@ -105,7 +114,9 @@ class Child:
             reason=str(status.get("reason") or ""),
             message=str(status.get("message") or ""),
             cancel=bool((obj.get("spec") or {}).get("cancel")),
-            final_text=str(status.get("finalText") or ""),
+            final_text=text,
+            # clip_bytes keeps whole characters: a cut text is up to 3 bytes short of the cap.
+            final_text_cut=len(text.encode()) > STATUS_TEXT_BYTES - 4,
             verdict=str(review.get("verdict") or ""),
             review_source=str(review.get("source") or ""),
             diff_stat={k: int(v) for k, v in stat.items() if isinstance(v, int)},
@@ -131,15 +142,6 @@ class CancelChild:
     """Set ``spec.cancel: true`` on a running child."""
 
     name: str
-
-
-@dataclass(frozen=True)
-class Emit:
-    """A Kubernetes Event on the pipeline (single line)."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 Action = CreateChild | CancelChild | Emit
@@ -223,12 +225,19 @@ def _fenced(text: str, info: str, limit: int, what: str) -> str:
     return f"{fence}{info}\n{body}{fence}\n{note}"
 
 
-def plan_section(plan: str, text: str) -> str:
-    """The plan's text as the build sees it: marked, fenced, bounded."""
+def plan_section(plan: str, text: str, *, cut: bool = False) -> str:
+    """The plan's text as the build sees it: marked, fenced, bounded. ``cut``: the text is only
+    the first part of the plan (a dispatch's status keeps STATUS_TEXT_BYTES of its answer)."""
+    note = (
+        f"[plan cut: the plan dispatch's status keeps only the first {STATUS_TEXT_BYTES} bytes of its "
+        "answer; the rest is not shown]\n"
+        if cut
+        else ""
+    )
     return (
         f"## Plan (from dispatch {plan})\n"
         "Written by a planning step from the task above, before any code was read: follow it where it "
-        "fits; the task above decides.\n" + _fenced(text, "markdown", PLAN_BYTES, "plan")
+        "fits; the task above decides.\n" + _fenced(text, "markdown", PLAN_BYTES, "plan") + note
     )
 
 
@@ -246,11 +255,17 @@ def revision_section(review: Child, build: Child) -> str:
     return out
 
 
-def build_prompt(task: str, plan: tuple[str, str] | None = None, revision: tuple[Child, Child] | None = None) -> str:
+def build_prompt(
+    task: str,
+    plan: tuple[str, str] | None = None,
+    revision: tuple[Child, Child] | None = None,
+    *,
+    plan_cut: bool = False,
+) -> str:
     """The task verbatim, then the plan's section and the review's, each marked."""
     parts = [task.rstrip("\n")]
     if plan is not None:
-        parts.append(plan_section(*plan))
+        parts.append(plan_section(*plan, cut=plan_cut))
     if revision is not None:
         parts.append(revision_section(*revision))
     return "\n\n".join(parts)
@@ -276,9 +291,11 @@ def plan_spec(p: Pipeline) -> BuildDispatchSpec:
     )
 
 
-def build_spec(p: Pipeline, plan: tuple[str, str] | None, revision: tuple[Child, Child] | None) -> BuildDispatchSpec:
+def build_spec(
+    p: Pipeline, plan: tuple[str, str] | None, revision: tuple[Child, Child] | None, *, plan_cut: bool = False
+) -> BuildDispatchSpec:
     return BuildDispatchSpec(
-        prompt=build_prompt(p.spec.prompt, plan, revision),
+        prompt=build_prompt(p.spec.prompt, plan, revision, plan_cut=plan_cut),
         phase="build",
         repo=p.spec.repo,
         engine=p.spec.engine,
@@ -376,6 +393,13 @@ class _Draft:
 
     def step(self, wake_after: float | None) -> Step:
         self.status["observedGeneration"] = self.generation
+        # Ready follows Succeeded on every write (finish() may have closed it False a moment ago).
+        self.status["conditions"] = c.with_ready(
+            self.status.get("conditions"),
+            str(self.status.get("phase") or "Pending"),
+            now=self.now,
+            generation=self.generation,
+        )
         return Step(status=self.status, actions=tuple(self.actions), wake_after=wake_after)
 
 
@@ -464,6 +488,7 @@ def _run(
 def _walk(p: Pipeline, draft: _Draft, children: Mapping[str, Child]) -> Step:
     spec = p.spec
     plan: tuple[str, str] | None = None
+    plan_cut = False
     if spec.phases.plan:
         got = _run(p, draft, children, "plan", 0, lambda: plan_spec(p))
         if isinstance(got, Step):
@@ -471,15 +496,18 @@ def _walk(p: Pipeline, draft: _Draft, children: Mapping[str, Child]) -> Step:
         if not got.final_text.strip():
             draft.cond(PLANNED, "False", "EmptyPlan", f"plan {got.name} produced no text")
             return draft.finish(False, "EmptyPlan", f"plan dispatch {got.name} produced no text")
-        plan = (got.name, got.final_text)
-        draft.done(PLANNED, "PlanReady", f"plan {got.name}: {len(got.final_text)} characters")
+        plan, plan_cut = (got.name, got.final_text), got.final_text_cut
+        size = f"{len(got.final_text)} characters"
+        if plan_cut:
+            size += f" (cut: the status keeps its first {STATUS_TEXT_BYTES // 1024} KiB)"
+        draft.done(PLANNED, "PlanReady", f"plan {got.name}: {size}")
 
     # A revision build exists only after the first review requested changes: start from it then.
     revised = spec.revisions >= 1 and child_name(p.name, "build", 1) in children
     revision: tuple[Child, Child] | None = None
     build: Child | None = None
     for round_ in range(1 if revised else 0, spec.revisions + 1):
-        got = _run(p, draft, children, "build", round_, partial(build_spec, p, plan, revision))
+        got = _run(p, draft, children, "build", round_, partial(build_spec, p, plan, revision, plan_cut=plan_cut))
         if isinstance(got, Step):
             return got
         build = got
@@ -561,3 +589,55 @@ def _approval(p: Pipeline, draft: _Draft) -> Approval | Step:
     if old is None or old.get("reason") != reason:
         draft.emit("Normal" if reason == "AwaitingApproval" else "Warning", reason, message)
     return draft.step(min(left, APPROVAL_POLL_SECONDS))
+
+
+# ---------------------------------------------------------------- local mode (`buildstudio pipeline --local`)
+# The same ``decide`` drives a local pipeline: each created child runs at once as local processes,
+# and what it ended with comes back as a ``Child`` (its owner is the pipeline, as in the cluster).
+
+APPROVAL_REFUSED = "ApprovalRefused"
+
+
+def local_child(name: str, owner_uid: str, record: ResultRecord, *, review: ReviewFacts | None = None) -> Child:
+    """A plan, build or review that ran locally, as the decisions read a child dispatch. The
+    plan's and the review's whole answer is its ``final_text`` (a status keeps only 4 KiB)."""
+    stat = record.diff_stat
+    phase = "Succeeded" if record.outcome.succeeded else "Failed"
+    if record.outcome is Outcome.CANCELLED:
+        phase = "Cancelled"  # Ctrl-C: the shell then cancels the pipeline, as spec.cancel does
+    return Child(
+        name=name,
+        owner_uid=owner_uid,
+        phase=phase,
+        reason=record.outcome.value,
+        message=record.message,
+        final_text=record.summary.final_text,
+        verdict=review.verdict.value if review is not None else "",
+        review_source=review.source if review is not None else "",
+        diff_stat={
+            "files": stat.files,
+            "additions": stat.additions,
+            "deletions": stat.deletions,
+            "binaryFiles": stat.binary_files,
+        },
+        diff=record.diff,
+    )
+
+
+def local_approval(user: str, *, approve_flag: bool, answer: str | None) -> Approval | str:
+    """The approval of a local pipeline, or why there is none. ``answer``: the reply typed on the
+    terminal (None when stdin is no terminal, so nobody could be asked)."""
+    if approve_flag:
+        return Approval(approved_by=user, comment="--approve")
+    if answer is None:
+        return "no approval: stdin is not a terminal and --approve was not given; nothing was pushed"
+    if answer.strip().lower() in ("y", "yes"):
+        return Approval(approved_by=user, comment="approved on the terminal")
+    return "approval declined on the terminal; nothing was pushed"
+
+
+def approval_refused(p: Pipeline, now: datetime, message: str) -> Step:
+    """A local pipeline whose approval was not given: it ends here, nothing shipped."""
+    draft = _Draft(p.status, p.generation, now)
+    draft.cond(APPROVED, "False", APPROVAL_REFUSED, message)
+    return draft.finish(False, APPROVAL_REFUSED, message)

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from buildstudio.api.dispatch import BuildDispatchSpec
 from buildstudio.core import egress as eg
 from buildstudio.core.credentials import credential_refusal
+from buildstudio.core.dispatch import Dispatch
 from buildstudio.core.gate import EngineState, GateDecision
 from buildstudio.core.locks import REASON as LOCKS_REASON
 from buildstudio.core.locks import check_sandbox_overrides
-from buildstudio.core.machine import Dispatch
 from buildstudio.core.settings import Settings
 
 EGRESS_REFUSED = "EgressRefused"
@@ -21,6 +21,11 @@ EGRESS_REFUSED = "EgressRefused"
 def clone_url(spec: BuildDispatchSpec) -> str:
     """The remote the sandbox clones (only a build clones): what the git egress rule is for."""
     return spec.repo.url if spec.repo is not None and spec.phase == "build" else ""
+
+
+def _cloud_key(engine: EngineState | None) -> bool:
+    """The relay sends a cloud engine's credential to its upstream (``manifests.sandbox_pod``)."""
+    return engine is not None and engine.spec.endpoint == "cloud" and engine.spec.credential is not None
 
 
 def admin_refusal(
@@ -35,7 +40,8 @@ def admin_refusal(
         repo_url=repo.url if repo is not None else "",
         repo_secret=repo.credentials_secret.name if repo is not None and repo.credentials_secret else None,
         model_base_url=service.base_url if service is not None else "",
-        model_key=service is not None and service.api_key_secret is not None,
+        # A cloud engine's vendor key goes to its model service too, when it has one (a proxy).
+        model_key=service is not None and (service.api_key_secret is not None or _cloud_key(engine)),
         allowed_secrets=settings.sandbox.credential_secrets,
         allow_plaintext=settings.sandbox.allow_plaintext_credentials,
     )

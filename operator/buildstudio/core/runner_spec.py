@@ -9,10 +9,14 @@ which one they want: the operator sizes it from the context, a local run takes
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 
 from buildstudio.api.dispatch import TEXT_PHASES
+from buildstudio.engines.adapters import ENGINES
 from buildstudio.protocol.spec import LoopLimits, RepoSource, ReviewInput, RunnerPhase, RunnerSpec, RunnerTimeouts
+
+# What the runner can start (``RunnerSpec.engine``): opencode, or a cloud engine's adapter.
+RunnerEngine = Literal["opencode", "claude", "codex", "grok"]
 
 DEFAULT_CONTEXT = 65536  # tokens, when neither the preflight nor the user gave one
 MIN_OUTPUT = 256
@@ -52,15 +56,23 @@ def runner_spec(
     requested_output: int | None = None,
     api_key_env: str | None = None,
     review: ReviewInput | None = None,
+    engine: str = "opencode",
 ) -> RunnerSpec:
     """The spec of one run. A chat-only phase drops the repository and the relay; any other
-    phase (build) runs the coding agent; ``review`` is kept for a review phase only."""
+    phase (build) runs the coding agent, ``engine`` (the BuildEngine's ``spec.engine``: opencode,
+    claude, codex or grok); ``review`` is kept for a review phase only.
+
+    For a cloud engine ``base_url`` is where its relay forwards: the vendor's API (``sandbox_request.
+    model_upstream``) or a model service; the engine itself only ever talks to the relay."""
+    if engine not in ENGINES:  # the gate refuses such an engine first (EngineUnsupported)
+        raise ValueError(f"engine {engine!r} has no runner adapter (known: {', '.join(ENGINES)})")
     text = chat_only(phase)
     ctx = context or DEFAULT_CONTEXT
     return RunnerSpec(
         prompt=prompt,
         repo=None if text else repo,
         model=model,
+        engine=cast(RunnerEngine, engine),
         base_url=base_url,
         context_limit=ctx,
         output_limit=output_limit(ctx, requested_output),

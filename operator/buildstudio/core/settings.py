@@ -103,13 +103,20 @@ class Settings:
     final_text_bytes: int = 4 * 1024
     recent_events: int = 20
     patch_cap_bytes: int = 1024 * 1024
-    status_patch_interval: float = 2.0  # throttle for live progress patches
+    # Throttle for live progress patches (BUILDSTUDIO_STATUS_PATCH_INTERVAL). With the runner's 2 s
+    # progress records, 2 s keeps status within ~2 s of the log (p95) at ~30 writes per running
+    # dispatch a minute; 5 s cuts those writes (and kopf's events from them) 2.3x for ~5 s of
+    # staleness. Figures: bench/README.md (operator_scale.py --status-interval).
+    status_patch_interval: float = 2.0
     image_pull_grace_seconds: float = 120.0  # ImagePullBackOff is only fatal after this
     unschedulable_grace_seconds: float = 600.0
     result_grace_seconds: float = 10.0  # wait for the log's result record after the pod ended
     cancel_grace_seconds: int = 10
     # A pending pod's changes wake its dispatch (watch events); this is only the backstop look.
     pending_recheck_seconds: float = 10.0
+    # A running pod wakes its dispatch by itself (pod watch events, progress records, spec edits);
+    # the clock matters only for the run timeout; this is the backstop look.
+    running_recheck_seconds: float = 10.0
     # The runner enforces runSeconds itself; the operator stops the pod this much later as a backstop.
     run_timeout_slack: float = 30.0
     preflight_interval: float = 30.0

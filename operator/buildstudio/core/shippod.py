@@ -14,7 +14,6 @@ import enum
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,10 +94,17 @@ class Provenance:
         ]
 
 
+def subject_of(prompt: str) -> str:
+    """The prompt's first non-blank line: a pipeline's build prompt goes on with a marked plan or
+    review section, which must not run into the subject."""
+    first = next((line for line in prompt.splitlines() if line.strip()), "")
+    return _value(first, 72)
+
+
 def commit_message(prompt: str, prov: Provenance, *, comment: str = "") -> str:
-    """Subject from the task's prompt, a short body, then the provenance trailers (the last
+    """Subject from the task's first line, a short body, then the provenance trailers (the last
     paragraph, one ``Key: value`` a line, as ``git interpret-trailers`` reads them)."""
-    subject = _value(prompt, 72) or f"Build Studio change from {prov.dispatch}"
+    subject = subject_of(prompt) or f"Build Studio change from {prov.dispatch}"
     body = [
         f"Applied by Build Studio from dispatch {_value(prov.dispatch)} after review "
         f"{_value(prov.review)} ({_value(prov.verdict)}) and approval by {_value(prov.approved_by)}."
@@ -283,11 +289,6 @@ def ship_config_map(owner: mf.Owner, spec: ShipSpec) -> mf.Manifest:
         "metadata": mf._meta(names.config_name(owner.name), owner, "config"),
         "data": {SHIP_SPEC_KEY: spec.to_json()},
     }
-
-
-def push_status(reason: str, branch: str, commit: str, remote: str) -> dict[str, Any]:
-    """The ship dispatch's ``status.push``."""
-    return {"reason": reason, "branch": branch, "commit": commit, "remote": remote}
 
 
 def trailer_lines(message: str) -> Sequence[str]:

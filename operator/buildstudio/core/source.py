@@ -74,12 +74,8 @@ def from_status(
     patch_truncated: bool = False,
 ) -> ReviewSource:
     """A review source from a dispatch's status, preferring the whole patch when the caller has it."""
-    stat = status.diff_stat
-    diff_stat = (
-        DiffStat(files=stat.files, additions=stat.additions, deletions=stat.deletions, binary_files=stat.binary_files)
-        if stat is not None
-        else DiffStat()
-    )
+    # The status's DiffStat is the record's own model (one schema): a copy, not a field-by-field rebuild.
+    diff_stat = status.diff_stat.model_copy() if status.diff_stat is not None else DiffStat()
     whole = patch is not None and not patch_truncated
     return ReviewSource(
         dispatch=name,

@@ -206,6 +206,7 @@ def result_fields(
             "tokens": summary.tokens.model_dump(by_alias=True),
             "cost": _cost(summary.cost),
             "repairedToolCalls": summary.repaired_tool_calls,
+            "unrepairedToolCalls": summary.unrepaired_tool_calls,
             "durationSeconds": int(max(result.duration_seconds, 0)),
             "reportedBy": "agent" if result.phase == "build" else "reporter",
         },

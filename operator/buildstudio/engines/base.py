@@ -245,6 +245,9 @@ class EngineAdapter(Protocol):
     # False: stdout stays silent until the end (grok), so the runner's idle watchdog counts the
     # relay's model traffic as activity instead.
     live_stdout: bool
+    # The model API it speaks: "messages" (Anthropic), "responses" (OpenAI Responses) or "chat"
+    # (OpenAI chat completions, the one the relay can repair text-format tool calls in).
+    wire_api: str
 
     @property
     def version_command(self) -> tuple[str, ...]: ...

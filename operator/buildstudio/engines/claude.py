@@ -51,6 +51,7 @@ class ClaudeAdapter:
     auth_header = AUTH_HEADER
     strip_request_fields: tuple[str, ...] = ()
     live_stdout = True
+    wire_api = "messages"
 
     @property
     def version_command(self) -> tuple[str, ...]:
@@ -167,7 +168,8 @@ class ClaudeParser(StreamParser):
                 tool_input = dict_of(block.get("input"))
                 key = FILE_TOOLS.get(name)
                 path = str_of(tool_input.get(key)) if key else ""
-                title = path or str_of(tool_input.get("command")) or str_of(tool_input.get("pattern"))
+                title = path or str_of(tool_input.get("file_path"))  # Read names its file too (not a change)
+                title = title or str_of(tool_input.get("command")) or str_of(tool_input.get("pattern"))
                 self._pending[str_of(block.get("id"))] = _Pending(name, title, [path] if path else [])
 
     def _user(self, event: dict[str, Any], out: list[EventRecord], ts: float) -> None:

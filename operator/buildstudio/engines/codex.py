@@ -100,6 +100,7 @@ class CodexAdapter:
     auth_header = AUTH_HEADER
     strip_request_fields: tuple[str, ...] = ()
     live_stdout = True
+    wire_api = "responses"
 
     @property
     def version_command(self) -> tuple[str, ...]:

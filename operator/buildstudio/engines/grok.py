@@ -88,6 +88,7 @@ class GrokAdapter:
     auth_header = AUTH_HEADER
     strip_request_fields: tuple[str, ...] = STRIP_REQUEST_FIELDS
     live_stdout = False
+    wire_api = "chat"
 
     @property
     def version_command(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildstudio.adapters.kube import Kube, KubeError
@@ -86,9 +86,16 @@ class QueueBoard:
         return True
 
     def forget(self, key: Key) -> None:
-        if self.overlay.pop(key, None) is not None:
-            self._dirty = True
-            self._notify()
+        """A finished dispatch holds no slot. It stays in the overlay as such until the index drops
+        it too (``_refresh``): dropped at once, a lagging index would count it as running again and
+        keep its slot from the queue for as long as the lag (seconds with 200 running)."""
+        entry = self.overlay.get(key)
+        if entry is None:
+            return
+        if entry.state != "other":
+            self.overlay[key] = replace(entry, state="other")
+        self._dirty = True
+        self._notify()
 
     def _notify(self) -> None:
         self._freed.set()

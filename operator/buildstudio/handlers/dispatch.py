@@ -19,7 +19,13 @@ from typing import Any
 
 import kopf
 
-from buildstudio.adapters.metrics import QUEUE_LENGTH, record_finished, record_preflight_failure
+from buildstudio.adapters.metrics import (
+    QUEUE_LENGTH,
+    RunningDispatch,
+    record_finished,
+    record_preflight_failure,
+    record_relay,
+)
 from buildstudio.core import machine as m
 from buildstudio.core import manifests as mf
 from buildstudio.core import pacing
@@ -142,11 +148,13 @@ class DispatchDriver:
         self.status: dict[str, Any] = dict(body.get("status") or {})
         self.follower: LogFollower | None = None
         self.last_progress_patch = 0.0
+        self.throttled = False  # the last status write was held back by the progress throttle
         self.pod_ended_at: float | None = None
         self.engines: dict[str, EngineState] = {}
         self.pod: m.PodView | None = None
         self.pod_read_at = 0.0
         self.nudge = asyncio.Event()  # registered with ctx.wakeups while the daemon runs
+        self.running = RunningDispatch()  # its share of buildstudio_dispatches_running
 
     @property
     def key(self) -> tuple[str, str]:
@@ -172,8 +180,10 @@ class DispatchDriver:
                     continue
                 step = await self.decide(d, stage, now_utc(), engines, queue)
                 await self.apply(d, step)
+                self.running.sync(str(self.status.get("engine") or ""), m.stage_of(self.status) == "running")
                 await self.pause(stopped, step.wake_after, d)
         finally:
+            self.running.sync("", running=False)
             self.ctx.wakeups.unregister(self.key, self.nudge)
             if self.follower is not None:
                 await self.follower.close()
@@ -351,7 +361,8 @@ class DispatchDriver:
             return
         loop = asyncio.get_running_loop()
         since = loop.time() - self.last_progress_patch
-        if pacing.progress_throttled(patch, since, self.ctx.settings.status_patch_interval):
+        self.throttled = pacing.progress_throttled(patch, since, self.ctx.settings.status_patch_interval)
+        if self.throttled:
             return
         updated = await self.ctx.kube.merge_patch("BuildDispatch", d.name, d.namespace, patch, status=True)
         self.status = dict(updated.get("status") or step.status)
@@ -377,8 +388,9 @@ class DispatchDriver:
             await kube.create(cm)
         elif isinstance(action, m.Finished):
             record_finished(action.engine, action.model, action.reason, action.duration_seconds)
+            record_relay(action.engine, action.model, self.status.get("summary"))
         elif isinstance(action, m.PreflightFailed):
-            record_preflight_failure(action.reason)
+            record_preflight_failure(action.reason, str(self.status.get("engine") or ""))
 
     async def pause(self, stopped: kopf.DaemonStopped, wake_after: float | None, d: m.Dispatch) -> None:
         """Sleep until the step's deadline (``pacing.pause_seconds``), or until something it depends
@@ -386,6 +398,9 @@ class DispatchDriver:
         ``ctx.wakeups``), its log, a freed slot while queued, or the daemon being stopped."""
         queued = m.stage_of(self.status) == "queued"
         delay = pacing.pause_seconds(wake_after, now_utc(), m.queue_deadline(d) if queued else None)
+        since = asyncio.get_running_loop().time() - self.last_progress_patch
+        interval = self.ctx.settings.status_patch_interval
+        delay = pacing.carry_wake(delay, throttled=self.throttled, since_last_write=since, interval=interval)
         if delay == 0:
             await asyncio.sleep(0)
             return

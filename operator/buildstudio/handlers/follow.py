@@ -40,9 +40,11 @@ class LogFollower:
             try:
                 async for line in self.ctx.kube.follow_log(self.namespace, self.pod, container=self.container):
                     # Result records are never taken from here: only the result channel's finished log counts.
+                    progress = live.progress
                     live = fold_line(live, line, keep_events=keep, accept_results=False)
                     self.live = with_followed(self.live, live)
-                    if pacing.wakes_daemon(live.lines):
+                    # A progress record (the runner writes one every few seconds) is what status shows.
+                    if live.progress is not progress or pacing.wakes_daemon(live.lines):
                         self.changed.set()
                 self.ended = True
                 self.changed.set()

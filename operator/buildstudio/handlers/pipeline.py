@@ -18,7 +18,6 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from buildstudio.adapters.kube import KINDS, Kind
 from buildstudio.api.common import API_GROUP, API_VERSION
 from buildstudio.api.pipeline import BuildPipelineSpec
 from buildstudio.core import conditions as c
@@ -28,9 +27,6 @@ from buildstudio.handlers.context import OperatorContext
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 PIPELINES = (API_GROUP, API_VERSION, "buildpipelines")
 DISPATCHES = (API_GROUP, API_VERSION, "builddispatches")
-# The adapter's table of kinds has no BuildPipeline row yet; until it has, the row is added here
-# (a no-op once adapters/kube.py lists it).
-KINDS.setdefault("BuildPipeline", Kind("custom", "buildpipelines", True, API_GROUP, API_VERSION, "buildpipelines"))
 
 
 def wake_key(namespace: str, name: str) -> tuple[str, str]:

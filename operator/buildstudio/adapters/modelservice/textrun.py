@@ -129,6 +129,7 @@ def fold_result(
     summary.events = len(events)
     record = ResultRecord(
         outcome=outcome,
+        phase=phase,  # the record's default is "build"
         message=one_line(message, 1000),
         summary=summary,
         started_at=started_at,

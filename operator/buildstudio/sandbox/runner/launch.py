@@ -23,6 +23,9 @@ SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the directory holding the b
 REPO_ROOT = SOURCE_ROOT.parent
 LOCAL_OPENCODE = REPO_ROOT / ".tools" / "opencode" / "node_modules" / ".bin" / "opencode"
 
+# The cloud engines' CLIs of hack/install-engines.sh (the engine tests and `run --local --engine X`).
+LOCAL_ENGINES_BIN = REPO_ROOT / ".tools" / "engines" / "bin"
+
 Stream = int | IO[Any] | None
 
 
@@ -36,6 +39,20 @@ def find_opencode(explicit: str | None = None) -> str | None:
     if LOCAL_OPENCODE.exists():
         return str(LOCAL_OPENCODE)
     return shutil.which("opencode")
+
+
+def find_engine(binary: str, explicit: str | None = None) -> str | None:
+    """A cloud engine's CLI (``claude``, ``codex``, ``grok``): ``explicit``, then $<BINARY>_BIN, then
+    ``.tools/engines/bin/`` (hack/install-engines.sh), then PATH; None when there is none."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(f"{binary.upper()}_BIN")
+    if from_env:
+        return from_env
+    local = LOCAL_ENGINES_BIN / binary
+    if local.exists():
+        return str(local)
+    return shutil.which(binary)
 
 
 def runner_env(opencode_bin: str, inherit: Mapping[str, str]) -> dict[str, str]:

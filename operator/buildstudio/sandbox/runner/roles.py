@@ -157,9 +157,14 @@ async def wait_for_relay(url_file: Path, seconds: float = RELAY_WAIT_SECONDS) ->
         await asyncio.sleep(0.1)
 
 
+# Where an engine's binary is, when not on PATH (``run --local`` finds them in .tools/): paths, no secret.
+ENGINE_BIN_ENV = ("OPENCODE_BIN", "CLAUDE_BIN", "CODEX_BIN", "GROK_BIN")
+
+
 def agent_env(base: dict[str, str]) -> dict[str, str]:
-    """What the agent's processes get from the container: no credential exists there anyway."""
-    return {k: base[k] for k in PASSTHROUGH_ENV if k in base}
+    """What the runner of the agent keeps of its environment: no credential exists there anyway.
+    (The engine's own environment is built from ``PASSTHROUGH_ENV`` only: ``supervise.engine_env``.)"""
+    return {k: base[k] for k in (*PASSTHROUGH_ENV, *ENGINE_BIN_ENV) if k in base}
 
 
 async def agent_role(
@@ -289,6 +294,8 @@ def build_result(
 
     assert diff is None or isinstance(diff, DiffResult)
     rec = claim.record
+    if rec is not None and relay_tokens is not None and rec.summary.tokens.total == 0:
+        fill_tokens(rec.summary, *relay_tokens)  # the engine printed none (grok): the relay's count
     outcome, message = verdict.decide_result(
         rec.summary if rec is not None else None,
         rec.outcome if rec is not None else None,

@@ -336,6 +336,7 @@ class Supervisor:
             path.chmod(f.mode)
         if launch.git_excludes:
             workspace.exclude_engine_files(self.ws, launch.git_excludes)
+            workspace.precreate_engine_dirs(self.ws, launch.git_excludes)
         stdin_file = self.home / ".buildstudio" / "prompt.txt"
         stdin_file.parent.mkdir(parents=True, exist_ok=True)
         if launch.stdin is None:

@@ -333,6 +333,26 @@ def exclude_engine_files(workspace: Path, paths: Sequence[str], *, base_git_dir:
     return wanted
 
 
+def precreate_engine_dirs(workspace: Path, paths: Sequence[str]) -> list[Path]:
+    """Create the missing directories of ``paths`` (an engine CLI's own files) readable by all.
+
+    grok makes ``.grok/`` with mode 0700; in the pod the reporter runs under another uid and could
+    not list it (DiffCaptureFailed). A directory that exists (the repository's) is left alone.
+    Returns the directories created."""
+    made: list[Path] = []
+    for rel in paths:
+        parent = (workspace / rel).parent
+        missing = []
+        while parent != workspace and not parent.exists() and not parent.is_symlink():
+            missing.append(parent)
+            parent = parent.parent
+        for d in reversed(missing):
+            d.mkdir()
+            d.chmod(0o755)
+            made.append(d)
+    return made
+
+
 def is_transient(git_error: str) -> bool:
     """A git failure to reach the remote (worth another try), not a refusal or a bad ref."""
     text = git_error.lower()

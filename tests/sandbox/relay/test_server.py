@@ -12,9 +12,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from buildstudio.sandbox.relay import Relay
-from tests.relay.cases import CANONICAL
-from tests.relay.conftest import Upstream, raw_reply
-from tests.relay.helpers import opencode_tools, read_sse, splits, sse_stream
+from tests.sandbox.relay.cases import CANONICAL
+from tests.sandbox.relay.conftest import Upstream, raw_reply
+from tests.sandbox.relay.helpers import opencode_tools, read_sse, splits, sse_stream
 
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 

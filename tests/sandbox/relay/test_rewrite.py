@@ -9,8 +9,8 @@ import pytest
 
 from buildstudio.sandbox.relay.counters import RelayCounters
 from buildstudio.sandbox.relay.rewrite import StreamRewriter, rewrite_completion
-from tests.relay.cases import CANONICAL, CASES, Case
-from tests.relay.helpers import chunk, opencode_schemas, read_sse, splits, sse_stream
+from tests.sandbox.relay.cases import CANONICAL, CASES, Case
+from tests.sandbox.relay.helpers import chunk, opencode_schemas, read_sse, splits, sse_stream
 
 SCHEMAS = opencode_schemas()
 

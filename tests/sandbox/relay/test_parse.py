@@ -25,8 +25,8 @@ from buildstudio.sandbox.relay.parse import (
     parse_all,
 )
 from buildstudio.sandbox.relay.rewrite import ToolCall, resolve
-from tests.relay.cases import CANONICAL, CASES, Case
-from tests.relay.helpers import FIXTURES, opencode_schemas
+from tests.sandbox.relay.cases import CANONICAL, CASES, Case
+from tests.sandbox.relay.helpers import FIXTURES, opencode_schemas
 
 SCHEMAS = opencode_schemas()
 

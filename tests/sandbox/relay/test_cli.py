@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 
 from buildstudio.commands.scripted_server import ScriptedServer
-from tests.relay.cases import CANONICAL
-from tests.relay.helpers import opencode_tools, read_sse
+from tests.sandbox.relay.cases import CANONICAL
+from tests.sandbox.relay.helpers import opencode_tools, read_sse
 
 
 async def test_cli_serves_and_reports_counters_on_sigterm(tmp_path: Path) -> None:

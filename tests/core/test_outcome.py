@@ -1,4 +1,4 @@
-"""The run verdict: every branch from plain summaries, and each captured stream end to end."""
+"""The run outcome (`core/outcome.py`): every branch from plain summaries, and each captured stream end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from buildstudio.core.outcome import judge, looks_like_text_tool_call
 from buildstudio.engines.opencode_stream import StreamFolder, format_error
 from buildstudio.protocol.records import DiffStat, Outcome, RunSummary, TokenUsage
 
-FIXTURES = Path(__file__).parent / "fixtures" / "opencode"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "opencode"
 NO_DIFF = DiffStat()
 DIFF = DiffStat(files=2, additions=3, deletions=1)
 

@@ -1,4 +1,4 @@
-"""decide() is pure: observations built directly, every boundary and rule checked."""
+"""The preflight verdict (`core/preflight.py`): observations built directly, every boundary and rule."""
 
 from __future__ import annotations
 

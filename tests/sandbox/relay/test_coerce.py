@@ -14,7 +14,7 @@ from buildstudio.sandbox.relay.coerce import (
     tool_schemas,
 )
 from buildstudio.sandbox.relay.parse import Call
-from tests.relay.helpers import opencode_schemas, opencode_tools
+from tests.sandbox.relay.helpers import opencode_schemas, opencode_tools
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from buildstudio import pins
 from buildstudio.adapters import registry
 from buildstudio.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _doc() -> dict[str, Any]:

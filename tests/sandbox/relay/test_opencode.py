@@ -27,9 +27,9 @@ from buildstudio.engines.opencode_config import (
     write_config,
 )
 from buildstudio.sandbox.relay import Relay
-from tests.relay.helpers import chunk
+from tests.sandbox.relay.helpers import chunk
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 FINAL = "I wrote textcall.py."
 
 pytestmark = pytest.mark.opencode
