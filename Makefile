@@ -8,7 +8,7 @@ OPENCODE := .tools/opencode/node_modules/.bin/opencode
 export OPENCODE_BIN := $(abspath $(OPENCODE))
 export PATH := $(abspath .tools/bin):$(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test lint crds e2e bench clean images
+.PHONY: setup demo test lint crds e2e bench clean images images-full
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,8 @@ controlplane control-plane: ; bash hack/build-control-plane.sh  # etcd + kube-ap
 
 ## Both images with buildah (no Docker engine, no registry): OCI archives in .tools/images/; bases cached in ~/.cache.
 images: ; bash hack/build-images.sh
+## …and the full sandbox image (opencode, claude, codex, grok): .tools/images/buildstudio-sandbox-full.oci.tar.
+images-full: ; BUILDSTUDIO_FULL_IMAGE=1 bash hack/build-images.sh
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -17,6 +17,8 @@
 # (Not buildah's --layers: with vfs every cached step is a full copy of the rootfs, which doubled the time.)
 # Output: $BUILDSTUDIO_IMAGE_OUT (default .tools/images/): buildstudio-{sandbox,operator}.oci.tar, named
 # ghcr.io/dpf-dev/buildstudio-{sandbox,operator}:VERSION like the chart's defaults, and images.json.
+# BUILDSTUDIO_FULL_IMAGE=1 (`make images-full`) also builds buildstudio-sandbox-full: Dockerfile.sandbox with
+# ENGINES="opencode claude codex grok", the image for cloud-engine dispatches (docs/engines/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -102,25 +104,26 @@ fi
 # --- the project's images -----------------------------------------------------------------------------------------
 mkdir -p "$out"
 summary=()
-context_key() {  # $1 = sandbox|operator, then build args: what the image is a function of
-  { printf '%s\n' "$@"; cat "Dockerfile.$1" .dockerignore pyproject.toml README.md
+context_key() {  # $1 = image, $2 = its Dockerfile, then build args: what the image is a function of
+  local what=$1 file=$2; shift 2
+  { printf '%s\n' "$what" "$@"; cat "$file" .dockerignore pyproject.toml README.md
     find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | LC_ALL=C sort -z \
       | xargs -0 sha256sum; } | sha256sum | cut -c1-16
 }
 
-build() {  # $1 = sandbox|operator, then build args
-  local what=$1; shift
+build() {  # $1 = sandbox|sandbox-full|operator, $2 = its Dockerfile, then build args
+  local what=$1 file=$2; shift 2
   local name=localhost/buildstudio-$what:$version ckey t secs=0 cached=built
-  ckey=$(context_key "$what" "$@")
+  ckey=$(context_key "$what" "$file" "$@")
   t=$(now)
   if have_image "localhost/buildstudio-$what:ctx-$ckey"; then
     cached=cached
     "${buildah[@]}" tag "localhost/buildstudio-$what:ctx-$ckey" "$name"
   else
-    log "$what: buildah bud -f Dockerfile.$what (log: $out/$what.build.log)"
-    "${buildah[@]}" "${bud[@]}" "$@" -f "Dockerfile.$what" -t "$name" -t "localhost/buildstudio-$what:ctx-$ckey" . \
+    log "$what: buildah bud -f $file (log: $out/$what.build.log)"
+    "${buildah[@]}" "${bud[@]}" "$@" -f "$file" -t "$name" -t "localhost/buildstudio-$what:ctx-$ckey" . \
       >"$out/$what.build.log" 2>&1 \
-      || { tail -n 40 "$out/$what.build.log" >&2; echo "build of Dockerfile.$what failed (log: $out/$what.build.log)" >&2; exit 1; }
+      || { tail -n 40 "$out/$what.build.log" >&2; echo "build of $file ($what) failed (log: $out/$what.build.log)" >&2; exit 1; }
     secs=$(( $(now) - t ))
     # Drop the builds of earlier contexts (each a full copy under vfs) and their intermediate images.
     "${buildah[@]}" images --noheading --format '{{.Name}}:{{.Tag}}' \
@@ -133,25 +136,32 @@ build() {  # $1 = sandbox|operator, then build args
     echo "$ckey" >"$archive.key"
   fi
   local size mb id
-  size=$("${buildah[@]}" images --noheading --format '{{.Size}}' "$name" | head -n1)
+  size=$("${buildah[@]}" images --noheading --format '{{.Size}}' "$name" | awk 'NR == 1')  # awk reads to the end: head would SIGPIPE buildah under pipefail
   mb=$(( $(stat -c %s "$archive") / 1000000 ))
   id=$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$name")
-  summary+=("$(printf '%-9s %-37s %8s unpacked %5s MB archive  %s in %d s' "$what" "$name" "$size" "$mb" "$cached" "$(( $(now) - t ))")")
+  summary+=("$(printf '%-12s %-42s %8s unpacked %5s MB archive  %s in %d s' "$what" "$name" "$size" "$mb" "$cached" "$(( $(now) - t ))")")
   printf '{"name": "%s", "image": "%s", "id": "%s", "archive": "%s", "contextKey": "%s", "size": "%s", "archiveMB": %s, "buildSeconds": %d}' \
     "$what" "$name" "$id" "$archive" "$ckey" "$size" "$mb" "$secs" >"$out/$what.json"
 }
 
 total=$(now)
-# The cloud engines baked into the sandbox image: BUILDSTUDIO_ENGINES (default "opencode", the lean image;
-# "opencode claude codex grok" for the full one), their versions from operator/buildstudio/pins.py.
+# The cloud engines baked into the sandbox image: BUILDSTUDIO_ENGINES (default "opencode", the lean image);
+# the full image (BUILDSTUDIO_FULL_IMAGE=1) carries all four. Their versions from operator/buildstudio/pins.py.
 pin() { sed -n "s/^$1 = \"\([^\"]*\)\".*/\1/p" operator/buildstudio/pins.py; }
-engine_args=(--build-arg "ENGINES=${BUILDSTUDIO_ENGINES:-opencode}"
-  --build-arg "CLAUDE_CODE_VERSION=$(pin CLAUDE_CODE_VERSION)" --build-arg "CODEX_VERSION=$(pin CODEX_VERSION)"
+all_engines="opencode claude codex grok"
+pins_args=(--build-arg "CLAUDE_CODE_VERSION=$(pin CLAUDE_CODE_VERSION)" --build-arg "CODEX_VERSION=$(pin CODEX_VERSION)"
   --build-arg "GROK_CLI_VERSION=$(pin GROK_CLI_VERSION)" --build-arg "GROK_CLI_BINARY_VERSION=$(pin GROK_CLI_BINARY_VERSION)")
-build sandbox --build-arg "NODE_IMAGE=$node_base" --build-arg "RUNTIME_IMAGE=$py_base" "${engine_args[@]}"
-build operator --build-arg "PYTHON_IMAGE=$py_base"
-{ printf '{"bases": "%s", "images": [' "$key"; cat "$out/sandbox.json"; printf ', '; cat "$out/operator.json"; printf ']}\n'; } \
-  >"$out/images.json"
-rm -f "$out/sandbox.json" "$out/operator.json"
+sandbox_bases=(--build-arg "NODE_IMAGE=$node_base" --build-arg "RUNTIME_IMAGE=$py_base")
+built=(sandbox operator)
+build sandbox Dockerfile.sandbox "${sandbox_bases[@]}" --build-arg "ENGINES=${BUILDSTUDIO_ENGINES:-opencode}" "${pins_args[@]}"
+build operator Dockerfile.operator --build-arg "PYTHON_IMAGE=$py_base"
+case ${BUILDSTUDIO_FULL_IMAGE:-0} in
+  1|true|yes)
+    build sandbox-full Dockerfile.sandbox "${sandbox_bases[@]}" --build-arg "ENGINES=$all_engines" "${pins_args[@]}"
+    built+=(sandbox-full) ;;
+esac
+{ printf '{"bases": "%s", "images": [' "$key"; sep=""
+  for what in "${built[@]}"; do printf '%s' "$sep"; cat "$out/$what.json"; sep=", "; done; printf ']}\n'; } >"$out/images.json"
+for what in "${built[@]}"; do rm -f "$out/$what.json"; done
 printf '%s\n' "${summary[@]}"
 echo "OCI archives in $out (bases cached in $dir); project images in $(( $(now) - total )) s"
