@@ -15,6 +15,7 @@ RUNNING = m.PodView(phase="Running")
 
 def test_the_log_follower_wakes_the_daemon_on_the_first_line_then_every_twentieth() -> None:
     assert [n for n in range(1, 60) if p.wakes_daemon(n)] == [1, 21, 41]
+    assert p.wakes_daemon(7, progress=True)  # a progress record always does
 
 
 @pytest.mark.parametrize(

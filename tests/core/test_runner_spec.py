@@ -51,3 +51,12 @@ def test_the_default_engine_is_opencode_and_an_unknown_one_is_refused() -> None:
     assert runner_spec(**common).engine == "opencode"
     with pytest.raises(ValueError, match="no runner adapter"):
         runner_spec(**common, engine="aider")
+
+
+def test_the_runner_spec_names_exactly_the_engines_that_have_an_adapter() -> None:
+    from typing import get_args
+
+    from buildstudio.engines.adapters import ENGINES
+    from buildstudio.protocol.spec import RunnerEngine
+
+    assert set(get_args(RunnerEngine)) == set(ENGINES)

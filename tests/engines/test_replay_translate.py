@@ -10,17 +10,17 @@ import pytest
 from buildstudio.engines.replay import patch, translate_call, translate_script
 
 REPLAY = Path(__file__).resolve().parents[2] / "examples" / "replays" / "add-subtract.json"
-WS = "/work/ws"
+WS = "/workspace"
 
 
 @pytest.mark.parametrize(
     ("engine", "call", "expected"),
     [
-        ("claude", ("read", {"filePath": "calc.py"}), ("Read", {"file_path": "/work/ws/calc.py"})),
+        ("claude", ("read", {"filePath": "calc.py"}), ("Read", {"file_path": "/workspace/calc.py"})),
         ("claude", ("write", {"filePath": "/abs/t.py", "content": "x\n"}),
          ("Write", {"file_path": "/abs/t.py", "content": "x\n"})),
         ("claude", ("edit", {"filePath": "c.py", "oldString": "a", "newString": "b"}),
-         ("Edit", {"file_path": "/work/ws/c.py", "old_string": "a", "new_string": "b"})),
+         ("Edit", {"file_path": "/workspace/c.py", "old_string": "a", "new_string": "b"})),
         ("claude", ("bash", {"command": "ls"}), ("Bash", {"command": "ls", "description": "ls"})),
         ("codex", ("read", {"filePath": "my file.py"}), ("exec_command", {"cmd": "cat -- 'my file.py'"})),
         ("codex", ("bash", {"command": "make"}), ("exec_command", {"cmd": "make"})),

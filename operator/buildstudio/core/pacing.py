@@ -20,9 +20,10 @@ WAKE_EVERY_LINES = 20  # the log follower wakes the daemon once per this many li
 TTL_WAIT_SECONDS = 300.0  # a finished dispatch's daemon re-checks its TTL at least this often
 
 
-def wakes_daemon(lines: int) -> bool:
-    """Whether the log line numbered ``lines`` wakes the daemon (the first, then every 20th)."""
-    return lines % WAKE_EVERY_LINES == 1
+def wakes_daemon(lines: int, *, progress: bool = False) -> bool:
+    """Whether the log line numbered ``lines`` wakes the daemon: a progress record (what status shows;
+    the runner writes one every few seconds), else the first line, then every 20th."""
+    return progress or lines % WAKE_EVERY_LINES == 1
 
 
 def carry_wake(delay: float, *, throttled: bool, since_last_write: float, interval: float) -> float:

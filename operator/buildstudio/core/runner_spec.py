@@ -9,14 +9,19 @@ which one they want: the operator sizes it from the context, a local run takes
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import cast
 
 from buildstudio.api.dispatch import TEXT_PHASES
 from buildstudio.engines.adapters import ENGINES
-from buildstudio.protocol.spec import LoopLimits, RepoSource, ReviewInput, RunnerPhase, RunnerSpec, RunnerTimeouts
-
-# What the runner can start (``RunnerSpec.engine``): opencode, or a cloud engine's adapter.
-RunnerEngine = Literal["opencode", "claude", "codex", "grok"]
+from buildstudio.protocol.spec import (
+    LoopLimits,
+    RepoSource,
+    ReviewInput,
+    RunnerEngine,
+    RunnerPhase,
+    RunnerSpec,
+    RunnerTimeouts,
+)
 
 DEFAULT_CONTEXT = 65536  # tokens, when neither the preflight nor the user gave one
 MIN_OUTPUT = 256

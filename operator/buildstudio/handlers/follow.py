@@ -43,8 +43,7 @@ class LogFollower:
                     progress = live.progress
                     live = fold_line(live, line, keep_events=keep, accept_results=False)
                     self.live = with_followed(self.live, live)
-                    # A progress record (the runner writes one every few seconds) is what status shows.
-                    if live.progress is not progress or pacing.wakes_daemon(live.lines):
+                    if pacing.wakes_daemon(live.lines, progress=live.progress is not progress):
                         self.changed.set()
                 self.ended = True
                 self.changed.set()

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # What the runner runs: the coding agent (build), or one chat completion (the other three).
 RunnerPhase = Literal["ideate", "plan", "build", "review"]
+# The coding agents the runner can start (engines.adapters.ENGINES: opencode and the cloud adapters).
+RunnerEngine = Literal["opencode", "claude", "codex", "grok"]
 
 
 class _Spec(BaseModel):
@@ -78,7 +80,7 @@ class RunnerSpec(_Spec):
     prompt: str = Field(min_length=1, description="given to opencode verbatim, through a stdin file")
     repo: RepoSource | None = Field(None, description="None: use the git repo already in the workspace")
     model: str = Field(min_length=1)
-    engine: Literal["opencode", "claude", "codex", "grok"] = Field(
+    engine: RunnerEngine = Field(
         "opencode",
         description="the coding agent the runner starts (its adapter in buildstudio.engines); old specs: opencode",
     )
