@@ -56,8 +56,16 @@ images: ; bash hack/build-images.sh
 ## …and the full sandbox image (opencode, claude, codex, grok): .tools/images/buildstudio-sandbox-full.oci.tar.
 images-full: ; BUILDSTUDIO_FULL_IMAGE=1 bash hack/build-images.sh
 
+## Every bench once, with the arguments whose figures bench/README.md quotes (about 45 min on 2 cores).
+BENCH = nice $(BIN)/python
 bench: setup
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	set -e; for b in \
+	  "relay.py" "preflight.py" "parser.py --sizes 1MB,100MB" "sandbox_start.py" "runner_overhead.py" \
+	  "emulator.py" "prepod.py" "reconcile.py --rounds 2 --queued 400" "burst.py --dispatches 200 --repeats 3" \
+	  "kopf_floor.py --objects 200 --repeats 2" "operator_scale.py --running 50 --repeats 2" \
+	  "operator_scale.py --running 200 --queued 50 --repeats 2" \
+	  "operator_scale.py --running 500 --queued 50 --repeats 1 --timeout 300"; do \
+	  echo "== bench/$$b"; $(BENCH) bench/$$b; done
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -78,3 +78,9 @@ def test_a_running_pod_looks_at_the_clock_only_for_its_run_timeout() -> None:
     near = T0 + timedelta(seconds=run_seconds + settings.run_timeout_slack - 3)
     late = m.running(dispatch(first.status), pod("Running"), LiveState(), near, settings, log_ended=False)
     assert late.wake_after == pytest.approx(3.0)  # the run timeout's backstop is due then
+
+
+def test_records_need_not_wake_the_daemon_while_the_throttle_would_hold_their_write() -> None:
+    assert p.records_quiet_seconds(0.5, 2.0) == pytest.approx(1.5)
+    assert p.records_quiet_seconds(2.0, 2.0) == 0.0
+    assert p.records_quiet_seconds(7.0, 2.0) == 0.0  # long after the last write: at once

@@ -1,17 +1,23 @@
 """What the handlers keep besides IO: kopf's filters and diff-base, the queue board, the collector
-settings (no Kubernetes). The pure decisions they call are tested in ``tests/core``."""
+settings, the daemon's pause (no Kubernetes). The pure decisions they call are tested in ``tests/core``."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 import random
+from collections.abc import AsyncIterator
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any, cast
 
 import kopf
 import pytest
 
 from buildstudio.api.common import API_GROUP
 from buildstudio.core.admission import Entry, Limits, queue_entry
+from buildstudio.core.settings import Settings
 from buildstudio.handlers import (
     DIFFBASE_ANNOTATION,
     DIFFBASE_KEY,
@@ -22,7 +28,11 @@ from buildstudio.handlers import (
     needs_daemon,
     run_operator,
 )
-from buildstudio.handlers.context import QueueBoard
+from buildstudio.handlers.context import OperatorContext, QueueBoard, Wakeups
+from buildstudio.handlers.dispatch import DispatchDriver
+from buildstudio.handlers.follow import LogFollower
+from buildstudio.protocol import records
+from tests.core.test_machine import to_running
 
 
 def test_queue_board_overlay_wins_over_a_lagging_index() -> None:
@@ -176,6 +186,29 @@ def test_spec_diffbase_builds_what_kopfs_own_builds(body: dict[str, object]) -> 
     assert extra == theirs.build(body=kopf.Body(body), extra_fields=["status.conditions"])
 
 
+def test_spec_diffbase_reuses_an_essence_only_while_spec_labels_and_annotations_stand() -> None:
+    """A status write is most of a dispatch's events: its essence is the one built before. A new
+    generation (spec), a label or an annotation builds again, and equals kopf's own build."""
+    ours = SpecDiffBaseStorage(prefix=API_GROUP, key=DIFFBASE_KEY, tracked_kinds=["BuildDispatch"])
+    theirs = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP, key=DIFFBASE_KEY)
+    meta = {"name": "d", "namespace": "n", "uid": "u1", "generation": 1, "labels": {"a": "1"}, "annotations": {}}
+    body = {"apiVersion": "v1", "kind": "BuildDispatch", "metadata": meta, "spec": {"prompt": "p"}}
+    first = ours.build(body=kopf.Body(body))
+    status_only = {**body, "status": {"progress": {"steps": 2}}}
+    assert ours.build(body=kopf.Body(status_only)) is first
+    changes = [
+        {**body, "metadata": {**meta, "generation": 2}, "spec": {"prompt": "q"}},
+        {**body, "metadata": {**meta, "labels": {"a": "2"}}},
+        {**body, "metadata": {**meta, "annotations": {"note": "x"}}},
+        {**body, "metadata": {**meta, "uid": "u2"}, "spec": {"prompt": "other object"}},
+    ]
+    for changed in changes:
+        again = ours.build(body=kopf.Body(changed))
+        assert again is not first and again == theirs.build(body=kopf.Body(changed))
+    no_generation = {**body, "metadata": {k: v for k, v in meta.items() if k != "generation"}}
+    assert ours.build(body=kopf.Body(no_generation)) == theirs.build(body=kopf.Body(no_generation))
+
+
 def test_spec_diffbase_skips_kinds_without_change_handlers() -> None:
     """A sandbox pod's essence is never used (no change handlers or daemons on pods): empty."""
     ours = SpecDiffBaseStorage(prefix=API_GROUP, key=DIFFBASE_KEY, tracked_kinds=["BuildDispatch"])
@@ -252,3 +285,66 @@ def test_the_operator_runs_with_the_imports_frozen_and_rarer_collections(monkeyp
     assert seen["threshold"] == GC_THRESHOLDS
     assert isinstance(seen["frozen"], int) and seen["frozen"] > 10_000  # the imported modules, classes, schemas
     assert seen["kwargs"]["namespaces"] == ["team-a"] and not seen["kwargs"]["clusterwide"]  # type: ignore[index]
+
+
+class _PacedLog:
+    """Stands in for the adapter's log stream: progress records at the given offsets (s)."""
+
+    def __init__(self, offsets: list[float]) -> None:
+        self.offsets = offsets
+
+    async def follow_log(self, namespace: str, pod: str, *, container: str | None = None) -> AsyncIterator[str]:
+        start = asyncio.get_running_loop().time()
+        for i, at in enumerate(self.offsets, 1):
+            await asyncio.sleep(max(0.0, start + at - asyncio.get_running_loop().time()))
+            yield records.dump(records.ProgressRecord(stage="running", steps=i, message=f"step {i}"))
+        await asyncio.sleep(60)  # the pod still runs
+
+
+NOT_STOPPED = cast(kopf.DaemonStopped, False)  # how the daemon reads kopf's flag: its truth
+
+
+def _running_driver(interval: float, offsets: list[float]) -> DispatchDriver:
+    ctx = cast(
+        OperatorContext,
+        SimpleNamespace(
+            kube=_PacedLog(offsets), settings=Settings(status_patch_interval=interval), board=QueueBoard(),
+            wakeups=Wakeups(),
+        ),
+    )
+    body = kopf.Body({"metadata": {"name": "d", "namespace": "n"}, "status": to_running().status})
+    driver = DispatchDriver(ctx, body, logging.getLogger("test"))
+    driver.nudge = ctx.wakeups.register(driver.key)
+    driver.follower = LogFollower(ctx, "n", "d-1", driver.logger, container="agent", alarm=driver.nudge)
+    return driver
+
+
+async def test_progress_records_wake_the_daemon_only_once_the_throttle_lets_them_out() -> None:
+    """Just after a status write, a record would be held by the progress throttle: the daemon
+    sleeps on until the throttle's interval is over, then looks at once (the record is pending)."""
+    driver = _running_driver(interval=0.6, offsets=[0.1, 0.2])
+    loop = asyncio.get_running_loop()
+    driver.last_progress_patch = loop.time()  # a write just went out
+    try:
+        started = loop.time()
+        await driver.pause(NOT_STOPPED, 10.0, cast(Any, None))
+        woke = loop.time() - started
+        assert 0.5 <= woke < 2.0  # not at the first record (0.1 s): at the interval's end
+        assert driver.follower is not None and driver.follower.pending
+        assert driver.follower.live.progress is not None and driver.follower.live.progress.steps == 2
+    finally:
+        assert driver.follower is not None
+        await driver.follower.close()
+
+
+async def test_a_progress_record_wakes_the_daemon_at_once_when_the_throttle_allows_a_write() -> None:
+    driver = _running_driver(interval=0.6, offsets=[0.1])
+    loop = asyncio.get_running_loop()
+    driver.last_progress_patch = loop.time() - 5.0  # the last write was long ago
+    try:
+        started = loop.time()
+        await driver.pause(NOT_STOPPED, 10.0, cast(Any, None))
+        assert loop.time() - started < 0.5  # woken by the record at 0.1 s
+    finally:
+        assert driver.follower is not None
+        await driver.follower.close()

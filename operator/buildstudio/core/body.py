@@ -16,10 +16,17 @@ from buildstudio.core.dispatch import Dispatch, Stage
 PLACEHOLDER_SPEC = BuildDispatchSpec(prompt="-")  # stands in for a spec the models refuse
 
 
-def parse_dispatch(body: Mapping[str, Any], now: datetime) -> tuple[Dispatch | None, str]:
+def parse_dispatch(
+    body: Mapping[str, Any], now: datetime, known: Dispatch | None = None
+) -> tuple[Dispatch | None, str]:
     """The machine's view of the object, or ``(None, error)`` when the spec is invalid. ``now``
-    stands in for a missing creationTimestamp."""
+    stands in for a missing creationTimestamp. ``known``: a view parsed before; its spec is
+    reused when the object's generation says the spec is the same (the API server bumps it on
+    every spec change), so a daemon's look does not validate the spec again."""
     meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    if known is not None and generation is not None and (known.generation, known.uid) == (generation, meta.get("uid")):
+        return _view(meta, known.spec, body.get("status"), known.created), ""
     try:
         spec = BuildDispatchSpec.model_validate(dict(body.get("spec") or {}))
     except ValidationError as exc:

@@ -34,6 +34,13 @@ def carry_wake(delay: float, *, throttled: bool, since_last_write: float, interv
     return min(delay, max(interval - since_last_write, 0.05))
 
 
+def records_quiet_seconds(since_last_write: float, interval: float) -> float:
+    """How long after a status write a progress record need not wake the daemon: until the
+    throttle's ``interval`` is over, the look would write nothing; the record waits in the
+    follower and the first look after the interval shows the latest one."""
+    return max(interval - since_last_write, 0.0)
+
+
 def pod_look_stands(pod: PodView | None, *, streaming: bool, since_read: float, cancel: bool) -> bool:
     """Whether the last read of the pod may be used again instead of a GET: while its log streams
     (the stream's end is what says it stopped), a running pod is re-read every

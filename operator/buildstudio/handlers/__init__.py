@@ -80,6 +80,9 @@ class SpecDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     def __init__(self, *, tracked_kinds: Sequence[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tracked_kinds = frozenset(tracked_kinds)
+        # uid -> (what the essence depends on, the essence): most events of a dispatch are its
+        # status writes, whose essence is the one built for the event before.
+        self._built: dict[str, tuple[tuple[Any, ...], kopf.BodyEssence]] = {}
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
         if extra_fields:  # a handler tracks extra (maybe status) fields: kopf's own way
@@ -87,9 +90,28 @@ class SpecDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         if body.get("kind") not in self.tracked_kinds:
             return kopf.BodyEssence()
         meta = body.get("metadata") or {}
+        uid, generation = meta.get("uid"), meta.get("generation")
+        # The spec changes only with the generation; labels and annotations are compared whole.
+        key = (generation, _items(meta.get("labels")), _items(meta.get("annotations")))
+        known = self._built.get(uid) if uid and generation is not None else None
+        if known is not None and known[0] == key:
+            return known[1]  # kopf only reads an essence (diffs it, stores it as JSON)
         slim: dict[str, Any] = {key: value for key, value in body.items() if key not in ("metadata", "status")}
         slim["metadata"] = {key: meta[key] for key in ("name", "namespace", "labels", "annotations") if key in meta}
-        return super().build(body=kopf.Body(cast(kopf.RawBody, slim)), extra_fields=extra_fields)
+        essence = super().build(body=kopf.Body(cast(kopf.RawBody, slim)), extra_fields=extra_fields)
+        if uid and generation is not None:
+            if len(self._built) >= ESSENCES_KEPT:
+                del self._built[next(iter(self._built))]  # the oldest entry
+            self._built.pop(uid, None)
+            self._built[uid] = (key, essence)
+        return essence
+
+
+ESSENCES_KEPT = 10_000  # one per live dispatch or engine; a deleted object's entry ages out
+
+
+def _items(mapping: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(mapping.items())) if mapping else ()
 
 
 def configure(settings: kopf.OperatorSettings) -> None:

@@ -12,6 +12,7 @@ resumes from the conditions in ``status``; child names are deterministic, so not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -155,6 +156,7 @@ class DispatchDriver:
         self.pod_read_at = 0.0
         self.nudge = asyncio.Event()  # registered with ctx.wakeups while the daemon runs
         self.running = RunningDispatch()  # its share of buildstudio_dispatches_running
+        self.parsed_view: m.Dispatch | None = None  # the last look's: its spec while the generation stays
 
     @property
     def key(self) -> tuple[str, str]:
@@ -167,9 +169,14 @@ class DispatchDriver:
 
     async def run(self, stopped: kopf.DaemonStopped, engines: Engines, queue: Queue) -> None:
         self.nudge = self.ctx.wakeups.register(self.key)
+        # One waiter for the daemon's life rings the alarm on stop, so a pause waits on one event.
+        on_stop = asyncio.ensure_future(stopped.wait())
+        on_stop.add_done_callback(lambda _: self.nudge.set())
         try:
             while not stopped:
                 self.nudge.clear()  # before the look: a change during it wakes the next pause at once
+                if self.follower is not None:  # this look shows what the follower has
+                    self.follower.pending = self.follower.listening = False
                 d = await self.parsed()
                 if d is None:
                     return
@@ -183,6 +190,7 @@ class DispatchDriver:
                 self.running.sync(str(self.status.get("engine") or ""), m.stage_of(self.status) == "running")
                 await self.pause(stopped, step.wake_after, d)
         finally:
+            on_stop.cancel()
             self.running.sync("", running=False)
             self.ctx.wakeups.unregister(self.key, self.nudge)
             if self.follower is not None:
@@ -191,8 +199,9 @@ class DispatchDriver:
     async def parsed(self) -> m.Dispatch | None:
         """The dispatch, or None after an invalid spec was written down as terminal."""
         now = now_utc()
-        d, error = parse_dispatch(self._body(), now)
+        d, error = parse_dispatch(self._body(), now, known=self.parsed_view)
         if d is not None:
+            self.parsed_view = d
             return d
         if m.stage_of(self.status) != "finished":
             placeholder = placeholder_dispatch(self._body(), now)
@@ -293,7 +302,9 @@ class DispatchDriver:
             if pod is None or pod.phase == "Pending":
                 return pod is None and self.follower is None and m.pod_was_seen(self.status)
             container = m.work_container(d.spec.phase)
-            self.follower = LogFollower(self.ctx, d.namespace, pod_name, self.logger, container=container)
+            self.follower = LogFollower(
+                self.ctx, d.namespace, pod_name, self.logger, container=container, alarm=self.nudge
+            )
             await asyncio.sleep(0)
         if self.follower.result_read:
             return True
@@ -395,28 +406,45 @@ class DispatchDriver:
     async def pause(self, stopped: kopf.DaemonStopped, wake_after: float | None, d: m.Dispatch) -> None:
         """Sleep until the step's deadline (``pacing.pause_seconds``), or until something it depends
         on changes first: the dispatch's spec (cancel, edits) or its pod (watch events, via
-        ``ctx.wakeups``), its log, a freed slot while queued, or the daemon being stopped."""
+        ``ctx.wakeups``), its log (the follower: records only once the throttle would let them
+        out, ``pacing.records_quiet_seconds``), a freed slot while queued, or the daemon being
+        stopped. Everything but the freed slot rings the one alarm, ``self.nudge``."""
         queued = m.stage_of(self.status) == "queued"
         delay = pacing.pause_seconds(wake_after, now_utc(), m.queue_deadline(d) if queued else None)
         since = asyncio.get_running_loop().time() - self.last_progress_patch
         interval = self.ctx.settings.status_patch_interval
         delay = pacing.carry_wake(delay, throttled=self.throttled, since_last_write=since, interval=interval)
-        if delay == 0:
+        if delay == 0 or stopped:
             await asyncio.sleep(0)
             return
-        wakers: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.nudge.wait())]
         if queued:
-            wakers.append(asyncio.ensure_future(self.ctx.board.freed().wait()))
-        follower = self.follower
-        if follower is not None and not follower.ended:
-            follower.changed.clear()
-            wakers.append(asyncio.ensure_future(follower.changed.wait()))
-        wakers.append(asyncio.ensure_future(stopped.wait()))
-        try:
-            await asyncio.wait(wakers, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waker in wakers:
-                waker.cancel()
+            freed = asyncio.ensure_future(self.ctx.board.freed().wait())
+            rung = asyncio.ensure_future(self.nudge.wait())
+            try:
+                await asyncio.wait([freed, rung], timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                freed.cancel()
+                rung.cancel()
+            return
+        follower = self.follower if self.follower is not None and not self.follower.ended else None
+        if follower is not None:
+            quiet = min(pacing.records_quiet_seconds(since, interval), delay)
+            follower.listening = False
+            if quiet > 0 and await self.alarm_within(quiet):
+                return
+            delay -= quiet
+            if follower.pending or delay <= 0:
+                return  # a record came in the quiet time: show it now
+            follower.listening = True
+        await self.alarm_within(delay)
+
+    async def alarm_within(self, seconds: float) -> bool:
+        """Wait for the alarm at most ``seconds``; whether it rang."""
+        if not self.nudge.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self.nudge.wait()
+        return self.nudge.is_set()
 
     async def ttl(self, d: m.Dispatch, stopped: kopf.DaemonStopped) -> bool:
         """Delete the dispatch when its TTL expires; ``False`` when there is nothing left to do."""

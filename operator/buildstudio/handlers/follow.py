@@ -19,9 +19,22 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 class LogFollower:
     """Follows one attempt's progress into a ``LiveState`` (re-attaching from the start on
-    errors), and reads the result once from the result container's whole log."""
+    errors), and reads the result once from the result container's whole log.
 
-    def __init__(self, ctx: OperatorContext, namespace: str, pod: str, logger: Logger, *, container: str) -> None:
+    ``alarm`` is the daemon's wake-up: the stream's end always rings it; a record that should be
+    shown (``pacing.wakes_daemon``) rings it only while ``listening``, else it stays ``pending``
+    for the daemon's next look (while the progress throttle holds, a look would write nothing)."""
+
+    def __init__(
+        self,
+        ctx: OperatorContext,
+        namespace: str,
+        pod: str,
+        logger: Logger,
+        *,
+        container: str,
+        alarm: asyncio.Event | None = None,
+    ) -> None:
         self.ctx = ctx
         self.namespace = namespace
         self.pod = pod
@@ -30,7 +43,9 @@ class LogFollower:
         self.live = LiveState()
         self.ended = False
         self.result_read = False
-        self.changed = asyncio.Event()
+        self.alarm = alarm if alarm is not None else asyncio.Event()
+        self.listening = True
+        self.pending = False  # a record to show arrived since the daemon's last look
         self.task = asyncio.create_task(self._run(), name=f"follow {namespace}/{pod}/{container}")
 
     async def _run(self) -> None:
@@ -44,16 +59,18 @@ class LogFollower:
                     live = fold_line(live, line, keep_events=keep, accept_results=False)
                     self.live = with_followed(self.live, live)
                     if pacing.wakes_daemon(live.lines, progress=live.progress is not progress):
-                        self.changed.set()
+                        self.pending = True
+                        if self.listening:
+                            self.alarm.set()
                 self.ended = True
-                self.changed.set()
+                self.alarm.set()
                 return
             except TimeoutError:
                 continue  # a silent stretch: re-attach (the log is re-read from its start)
             except KubeError as exc:
                 if exc.status == 404 and await self.ctx.kube.get("Pod", self.pod, self.namespace) is None:
                     self.ended = True  # the pod is gone and so is its log
-                    self.changed.set()
+                    self.alarm.set()
                     return
             except Exception as exc:
                 self.logger.debug("log stream of %s broke: %r; re-attaching", self.pod, exc)
