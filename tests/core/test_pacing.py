@@ -40,12 +40,20 @@ def test_the_result_grace_period() -> None:
     assert p.result_grace_over(100.0, 110.0, 10.0)
 
 
-def test_only_progress_patches_are_throttled() -> None:
+def test_only_progress_and_queue_position_patches_are_held() -> None:
+    def held(patch: dict[str, object], since: float) -> float:
+        return p.held_seconds(patch, since, progress_interval=2.0, position_interval=10.0)
+
     progress = {"progress": {"steps": 3}, "message": "m", "phase": "Running"}
-    assert p.progress_throttled(progress, 0.5, 2.0)
-    assert not p.progress_throttled(progress, 2.0, 2.0)
-    assert not p.progress_throttled({**progress, "conditions": []}, 0.5, 2.0)
-    assert not p.progress_throttled({**progress, "startedAt": "x"}, 0.5, 2.0)
+    assert held(progress, 0.5) == pytest.approx(1.5)
+    assert held(progress, 2.0) == 0.0
+    assert held({**progress, "conditions": []}, 0.5) == 0.0
+    assert held({**progress, "startedAt": "x"}, 0.5) == 0.0
+    # A queued dispatch moving up: its new position waits for the longer interval...
+    assert held({"queuePosition": 4}, 3.0) == pytest.approx(7.0)
+    assert held({"queuePosition": 4}, 10.0) == 0.0
+    # ...unless it rides on a change that goes at once (admission clears it with the conditions).
+    assert held({"queuePosition": None, "conditions": [], "attempt": 1}, 0.5) == 0.0
 
 
 def test_the_pause_after_a_step() -> None:
@@ -58,11 +66,11 @@ def test_the_pause_after_a_step() -> None:
     assert p.pause_seconds(2.0, deadline + timedelta(seconds=5), deadline) == 0.05
 
 
-def test_a_held_back_progress_write_wakes_the_daemon_when_the_throttle_allows_it() -> None:
-    assert p.carry_wake(10.0, throttled=False, since_last_write=0.5, interval=2.0) == 10.0
-    assert p.carry_wake(10.0, throttled=True, since_last_write=0.5, interval=2.0) == pytest.approx(1.5)
-    assert p.carry_wake(0.3, throttled=True, since_last_write=0.5, interval=2.0) == 0.3  # an earlier deadline
-    assert p.carry_wake(10.0, throttled=True, since_last_write=5.0, interval=2.0) == 0.05  # overdue: at once
+def test_a_held_back_write_wakes_the_daemon_when_it_may_go() -> None:
+    assert p.carry_wake(10.0, 0.0) == 10.0
+    assert p.carry_wake(10.0, 1.5) == pytest.approx(1.5)
+    assert p.carry_wake(0.3, 1.5) == 0.3  # an earlier deadline
+    assert p.carry_wake(10.0, 0.01) == 0.05  # due: at once, but never a busy loop
 
 
 def test_a_running_pod_looks_at_the_clock_only_for_its_run_timeout() -> None:

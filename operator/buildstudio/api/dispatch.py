@@ -395,7 +395,12 @@ class BuildDispatchStatus(ApiModel):
     model: str = Field("", description="Model the dispatch runs on (resolved when defaulted).", max_length=256)
     attempt: int = Field(0, description="Sandbox attempt number; the pod is named <dispatch>-<attempt>.", ge=0)
     pod_name: str = Field("", description="Current sandbox pod.", max_length=253)
-    queue_position: int | None = Field(None, description="1-based position while Queued.", ge=0)
+    queue_position: int | None = Field(
+        None,
+        description="1-based position while Queued: written when the dispatch is queued, then refreshed at "
+        "most every 10 s (the operator's BUILDSTUDIO_QUEUE_POSITION_INTERVAL) as the queue moves.",
+        ge=0,
+    )
     progress: Progress | None = Field(None, description="Live counters while running.")
     recent_events: list[str] = Field(
         default_factory=list,

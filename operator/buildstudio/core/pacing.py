@@ -12,6 +12,8 @@ from buildstudio.core.pod import PodView
 
 # Status keys a live-progress write may carry; a patch of only these is throttled.
 PROGRESS_KEYS = frozenset({"progress", "recentEvents", "message", "reason", "observedGeneration", "phase"})
+# A patch of only these (a queued dispatch moving up) waits for the queue-position interval.
+POSITION_KEYS = frozenset({"queuePosition"})
 LOG_RETRY_SECONDS = 1.0  # a broken log stream is re-attached after this
 POD_RECHECK_SECONDS = 10.0  # a running pod whose log streams is re-read this often (no pod index)
 QUEUE_RECHECK_SECONDS = 10.0  # queued dispatches wake when a slot frees, else this often
@@ -26,12 +28,12 @@ def wakes_daemon(lines: int, *, progress: bool = False) -> bool:
     return progress or lines % WAKE_EVERY_LINES == 1
 
 
-def carry_wake(delay: float, *, throttled: bool, since_last_write: float, interval: float) -> float:
-    """The pause, shortened when a progress write was held back by the throttle: the daemon looks
-    again as soon as the interval allows that write, so nothing waits for an unrelated wake."""
-    if not throttled:
+def carry_wake(delay: float, held_for: float) -> float:
+    """The pause, shortened when a status write was held back (``held_seconds``): the daemon
+    looks again as soon as that write may go, so nothing waits for an unrelated wake."""
+    if held_for <= 0:
         return delay
-    return min(delay, max(interval - since_last_write, 0.05))
+    return min(delay, max(held_for, 0.05))
 
 
 def records_quiet_seconds(since_last_write: float, interval: float) -> float:
@@ -55,11 +57,22 @@ def result_grace_over(ended_at: float, now: float, grace_seconds: float) -> bool
     return now - ended_at >= grace_seconds
 
 
-def progress_throttled(patch: Mapping[str, Any], since_last_write: float, interval: float) -> bool:
-    """Whether a status patch waits: one of progress only, within ``interval`` seconds of the last
-    write (the next non-progress change or interval carries it)."""
-    only_progress = set(patch) <= PROGRESS_KEYS and "conditions" not in patch
-    return only_progress and since_last_write < interval
+def held_seconds(
+    patch: Mapping[str, Any], since_last_write: float, *, progress_interval: float, position_interval: float
+) -> float:
+    """How long a status patch waits (0: it goes now). Live progress only: until
+    ``progress_interval`` has passed since the last write; a queue position only: until
+    ``position_interval`` has (each finish moves every queued dispatch up one place, so written
+    at once N queued dispatches would make N writes per finish); anything else goes at once, and
+    carries what was held."""
+    keys = patch.keys()
+    if keys <= POSITION_KEYS:
+        interval = position_interval
+    elif keys <= PROGRESS_KEYS and "conditions" not in patch:
+        interval = progress_interval
+    else:
+        return 0.0
+    return max(interval - since_last_write, 0.0)
 
 
 def pause_seconds(wake_after: float | None, now: datetime, queue_deadline: datetime | None = None) -> float:

@@ -108,6 +108,9 @@ class Settings:
     # dispatch a minute; 5 s cuts those writes (and kopf's events from them) 2.3x for ~5 s of
     # staleness. Figures: bench/README.md (operator_scale.py --status-interval).
     status_patch_interval: float = 2.0
+    # A queued dispatch's new queue position alone is written at most this often
+    # (BUILDSTUDIO_QUEUE_POSITION_INTERVAL); its first position, and its admission, go out at once.
+    queue_position_interval: float = 10.0
     image_pull_grace_seconds: float = 120.0  # ImagePullBackOff is only fatal after this
     unschedulable_grace_seconds: float = 600.0
     result_grace_seconds: float = 10.0  # wait for the log's result record after the pod ended
@@ -254,6 +257,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         egress=_egress(env.get("BUILDSTUDIO_EGRESS"), env.get("KUBERNETES_SERVICE_HOST")),
         locks=_locks(env.get("BUILDSTUDIO_SANDBOX_LOCKS")),
         status_patch_interval=_env_float(env, "BUILDSTUDIO_STATUS_PATCH_INTERVAL", 2.0),
+        queue_position_interval=_env_float(env, "BUILDSTUDIO_QUEUE_POSITION_INTERVAL", 10.0),
         image_pull_grace_seconds=_env_float(env, "BUILDSTUDIO_IMAGE_PULL_GRACE", 120.0),
         preflight_interval=_env_float(env, "BUILDSTUDIO_PREFLIGHT_INTERVAL", 30.0),
         queue_poll_interval=_env_float(env, "BUILDSTUDIO_QUEUE_POLL_INTERVAL", 2.0),

@@ -149,7 +149,7 @@ class DispatchDriver:
         self.status: dict[str, Any] = dict(body.get("status") or {})
         self.follower: LogFollower | None = None
         self.last_progress_patch = 0.0
-        self.throttled = False  # the last status write was held back by the progress throttle
+        self.held_for = 0.0  # the last status write was held back this long (pacing.held_seconds)
         self.pod_ended_at: float | None = None
         self.engines: dict[str, EngineState] = {}
         self.pod: m.PodView | None = None
@@ -369,11 +369,18 @@ class DispatchDriver:
     async def write_status(self, d: m.Dispatch, step: m.Step) -> None:
         patch = m.status_patch(self.status, step.status)
         if not patch:
+            self.held_for = 0.0
             return
         loop = asyncio.get_running_loop()
         since = loop.time() - self.last_progress_patch
-        self.throttled = pacing.progress_throttled(patch, since, self.ctx.settings.status_patch_interval)
-        if self.throttled:
+        settings = self.ctx.settings
+        self.held_for = pacing.held_seconds(
+            patch,
+            since,
+            progress_interval=settings.status_patch_interval,
+            position_interval=settings.queue_position_interval,
+        )
+        if self.held_for > 0:
             return
         updated = await self.ctx.kube.merge_patch("BuildDispatch", d.name, d.namespace, patch, status=True)
         self.status = dict(updated.get("status") or step.status)
@@ -413,7 +420,7 @@ class DispatchDriver:
         delay = pacing.pause_seconds(wake_after, now_utc(), m.queue_deadline(d) if queued else None)
         since = asyncio.get_running_loop().time() - self.last_progress_patch
         interval = self.ctx.settings.status_patch_interval
-        delay = pacing.carry_wake(delay, throttled=self.throttled, since_last_write=since, interval=interval)
+        delay = pacing.carry_wake(delay, self.held_for)
         if delay == 0 or stopped:
             await asyncio.sleep(0)
             return
