@@ -56,7 +56,7 @@ images: ; bash hack/build-images.sh
 ## …and the full sandbox image (opencode, claude, codex, grok): .tools/images/buildstudio-sandbox-full.oci.tar.
 images-full: ; BUILDSTUDIO_FULL_IMAGE=1 bash hack/build-images.sh
 
-## Every bench once, with the arguments whose figures bench/README.md quotes (about 45 min on 2 cores).
+## Every bench once, with the arguments whose figures bench/README.md quotes (about 30 min on 2 cores).
 BENCH = nice $(BIN)/python
 bench: setup
 	set -e; for b in \
