@@ -32,7 +32,6 @@ from buildstudio.protocol import records
 from tests.operator.smartgit import git, make_remote
 from tests.runner_harness import OPENCODE, REPO_ROOT, SKIP_REASON
 
-needs_opencode = [pytest.mark.opencode, pytest.mark.skipif(OPENCODE is None, reason=SKIP_REASON)]
 REPLAYS = REPO_ROOT / "examples" / "replays"
 PIPELINE_REPLAY = "replay:examples/replays/pipelines/add-subtract.json"
 CHANGES_REPLAY = "replay:examples/replays/pipelines/review-requests-changes.json"

@@ -324,7 +324,7 @@ async def test_progress_records_wake_the_daemon_only_once_the_throttle_lets_them
     sleeps on until the throttle's interval is over, then looks at once (the record is pending)."""
     driver = _running_driver(interval=0.6, offsets=[0.1, 0.2])
     loop = asyncio.get_running_loop()
-    driver.last_progress_patch = loop.time()  # a write just went out
+    driver.last_status_write = loop.time()  # a write just went out
     try:
         started = loop.time()
         await driver.pause(NOT_STOPPED, 10.0, cast(Any, None))
@@ -340,7 +340,7 @@ async def test_progress_records_wake_the_daemon_only_once_the_throttle_lets_them
 async def test_a_progress_record_wakes_the_daemon_at_once_when_the_throttle_allows_a_write() -> None:
     driver = _running_driver(interval=0.6, offsets=[0.1])
     loop = asyncio.get_running_loop()
-    driver.last_progress_patch = loop.time() - 5.0  # the last write was long ago
+    driver.last_status_write = loop.time() - 5.0  # the last write was long ago
     try:
         started = loop.time()
         await driver.pause(NOT_STOPPED, 10.0, cast(Any, None))

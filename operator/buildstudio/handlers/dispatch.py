@@ -148,7 +148,7 @@ class DispatchDriver:
         self.logger = logger
         self.status: dict[str, Any] = dict(body.get("status") or {})
         self.follower: LogFollower | None = None
-        self.last_progress_patch = 0.0
+        self.last_status_write = 0.0
         self.held_for = 0.0  # the last status write was held back this long (pacing.held_seconds)
         self.pod_ended_at: float | None = None
         self.engines: dict[str, EngineState] = {}
@@ -372,7 +372,7 @@ class DispatchDriver:
             self.held_for = 0.0
             return
         loop = asyncio.get_running_loop()
-        since = loop.time() - self.last_progress_patch
+        since = loop.time() - self.last_status_write
         settings = self.ctx.settings
         self.held_for = pacing.held_seconds(
             patch,
@@ -384,7 +384,7 @@ class DispatchDriver:
             return
         updated = await self.ctx.kube.merge_patch("BuildDispatch", d.name, d.namespace, patch, status=True)
         self.status = dict(updated.get("status") or step.status)
-        self.last_progress_patch = loop.time()
+        self.last_status_write = loop.time()
         # The board knows at once (the index only after the watch event) that a slot is taken or free.
         self.ctx.board.put(queue_entry(d.namespace, d.name, self.body.metadata, self.status))
 
@@ -418,7 +418,7 @@ class DispatchDriver:
         stopped. Everything but the freed slot rings the one alarm, ``self.nudge``."""
         queued = m.stage_of(self.status) == "queued"
         delay = pacing.pause_seconds(wake_after, now_utc(), m.queue_deadline(d) if queued else None)
-        since = asyncio.get_running_loop().time() - self.last_progress_patch
+        since = asyncio.get_running_loop().time() - self.last_status_write
         interval = self.ctx.settings.status_patch_interval
         delay = pacing.carry_wake(delay, self.held_for)
         if delay == 0 or stopped:
